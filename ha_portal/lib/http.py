@@ -1,0 +1,175 @@
+"""Make every outgoing HTTP call of the project, over one pooled aiohttp session.
+
+Gateways (probes and sends) and webhooks go through here, so tests have one
+place to point at a local server and one set of errors to handle. Headers are
+never logged: they carry API keys and bearer tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_CONNECTION_LIMIT = 200
+# Gateway replies are a few hundred bytes; a megabyte means something is wrong.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+CHUNK_BYTES = 64 * 1024
+
+
+class HttpError(Exception):
+    """An HTTP exchange failed before a usable response arrived."""
+
+
+class HttpTimeout(HttpError):
+    """The whole exchange took longer than its timeout (including a silent server)."""
+
+
+class HttpConnectionError(HttpError):
+    """The connection could not be made or was lost (refused, reset, DNS)."""
+
+
+class HttpDecodeError(HttpError):
+    """A response body was not the JSON its caller expected."""
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    elapsed_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """Decode the body as JSON, raising HttpDecodeError if it is not."""
+        try:
+            return jsonlib.loads(self.body)
+        except ValueError:
+            raise HttpDecodeError(
+                f"response is not JSON (HTTP {self.status}, {len(self.body)} bytes: "
+                f"{self.text_preview()!r})"
+            ) from None
+
+    def text_preview(self, limit: int = 120) -> str:
+        """Return the start of the body as text, for error messages."""
+        return self.body[:limit].decode("utf-8", errors="replace").strip()
+
+
+class HttpClient:
+    """Own one aiohttp session; use as ``async with HttpClient() as http``.
+
+    One client per process loop: the connector pools connections, and its
+    ``limit`` bounds how many requests run at once (the rest wait for a slot).
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = DEFAULT_CONNECTION_LIMIT,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.limit = limit
+        self.max_body_bytes = max_body_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        # The session must be created inside the running loop that will use it.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.limit),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        timeout: float,
+    ) -> HttpResponse:
+        """Send one request and read the whole (capped) body within ``timeout`` seconds."""
+        if self._session is None:
+            raise RuntimeError("HttpClient used outside 'async with'")
+        started = time.perf_counter()
+        try:
+            # asyncio.timeout bounds the body read too, so a server that sends
+            # headers and then stalls cannot hold a caller past its deadline.
+            async with asyncio.timeout(timeout):
+                status, body = await self._exchange(method, url, headers, json)
+        except TimeoutError:
+            raise HttpTimeout(f"timed out after {timeout:g}s") from None
+        except aiohttp.ClientConnectionError as error:
+            raise HttpConnectionError(describe_connection_error(error)) from error
+        except aiohttp.ClientError as error:
+            raise HttpError(f"{type(error).__name__}: {error}") from error
+        except ValueError as error:
+            # aiohttp refuses control characters in headers (a pasted API key
+            # with a newline): a bad config, reported like any failed call.
+            raise HttpError(f"invalid request: {error}") from error
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        logger.debug("%s %s -> %s in %.1f ms", method, url, status, elapsed_ms)
+        return HttpResponse(status=status, body=body, elapsed_ms=elapsed_ms)
+
+    async def _exchange(
+        self, method: str, url: str, headers: Mapping[str, str] | None, json: Any
+    ) -> tuple[int, bytes]:
+        assert self._session is not None
+        # No redirects: following one would hand the API key header to another host.
+        async with self._session.request(
+            method, url, headers=headers, json=json, allow_redirects=False
+        ) as response:
+            return response.status, await self._read_capped(response)
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        limit = self.max_body_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise HttpError(f"response body over {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        # Read in chunks rather than trusting Content-Length: chunked replies have none.
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(f"response body over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def describe_connection_error(error: aiohttp.ClientConnectionError) -> str:
+    """Say why a connection failed in words an operator recognises."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect to {error.host}:{error.port}: {error.strerror or error}"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "server closed the connection without answering"
+    return f"connection failed: {error}"
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code (management commands, tests)."""
+    return asyncio.run(coro)
