@@ -109,10 +109,14 @@ def supervise(commands: dict[str, list[str]], out) -> int:
 
 
 def stop_all(children: dict[str, subprocess.Popen]) -> None:
-    """SIGTERM every child's process group, then SIGKILL whatever outlives the grace."""
+    """SIGTERM every child, then SIGKILL the process group of any that outlives the grace.
+
+    Only the child itself gets SIGTERM: django-q2's cluster stops its own
+    workers in order, and signalling them directly makes it wait for the grace.
+    """
     for child in children.values():
         if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+            child.terminate()
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     for child in children.values():
         try:
