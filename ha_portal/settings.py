@@ -72,6 +72,22 @@ HA_DEFAULTS = {
     "alert_warning_enabled": env_bool("ALERT_WARNING_ENABLED", True),
 }
 
+# Health detection (issue 3): fall/rise thresholds, probe timing, passive
+# signals and retention. Thresholds count consecutive probe results.
+HEALTH = {
+    "timeout_ms": env_int("HEALTH_CHECK_TIMEOUT", 2000, minimum=100, maximum=60_000),
+    "confirm_interval_ms": env_int("HEALTH_CONFIRM_INTERVAL", 1000, minimum=100),
+    "fall": env_int("HEALTH_FALL_THRESHOLD", 3, minimum=1, maximum=100),
+    "rise": env_int("HEALTH_RISE_THRESHOLD", 2, minimum=1, maximum=100),
+    "flap_window_s": env_int("HEALTH_FLAP_WINDOW", 300, minimum=10),
+    "flap_limit": env_int("HEALTH_FLAP_LIMIT", 4, minimum=2),
+    "flap_rise": env_int("HEALTH_FLAP_RISE_THRESHOLD", 6, minimum=1),
+    "send_error_limit": env_int("SEND_ERROR_LIMIT", 5, minimum=1),
+    "send_ejection_s": env_int("SEND_EJECTION_SECONDS", 30, minimum=1),
+    "retention_days": env_int("HEALTH_RETENTION_DAYS", 7, minimum=1),
+    "rollup_retention_days": env_int("HEALTH_ROLLUP_RETENTION_DAYS", 90, minimum=1),
+}
+
 # --- Django -------------------------------------------------------------------
 
 INSTALLED_APPS = [
@@ -203,6 +219,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"]),
+    },
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -95,3 +95,20 @@ class WebhookFormat(models.TextChoices):
     JSON = "json", "JSON (HMAC-SHA256 signed)"
     SLACK = "slack", "Slack incoming webhook"
     PAGERDUTY = "pagerduty", "PagerDuty Events API v2"
+
+
+class EventKind(models.TextChoices):
+    """What an Event row records; monitoring's alert rules key on these."""
+
+    CONFIG_IMPORTED = "config.imported", "Configuration imported"
+    HEALTH_CHANGED = "master.health_changed", "Master health changed"
+    SEND_EJECTED = "master.send_ejected", "Master ejected for failing sends"
+    GATEWAY_WEBHOOK = "master.gateway_webhook", "Gateway reported a status"
+    MAINTENANCE_STARTED = "master.maintenance_started", "Maintenance started"
+    MAINTENANCE_ENDED = "master.maintenance_ended", "Maintenance ended"
+    ALL_DOWN = "masters.all_down", "All masters down"
+    SOME_UP = "masters.some_up", "A master answers again"
+    PROBER_ACQUIRED = "prober.acquired", "Prober took the lease"
+    PROBER_TAKEOVER = "prober.takeover", "Prober took over from a stalled one"
+    PROBER_STOPPED = "prober.stopped", "Prober stopped"
+    PROBER_STALLED = "prober.stalled", "Health monitoring stopped"

@@ -7,16 +7,19 @@ and every state change writes an ``Event`` in the same transaction.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from masters.choices import (
     ROLE_WEIGHTS,
+    EventKind,
     FailoverStatus,
     GatewayKind,
     HealthStatus,
@@ -29,6 +32,7 @@ from masters.choices import (
     WebhookFormat,
 )
 from masters.gateways.base import GatewayConfig
+from masters.health import HealthState, Observation, Thresholds, next_health, transition_severity
 from masters.validators import validate_e164, validate_http_url
 
 CLOUD_API_DEFAULT_URL = "https://graph.facebook.com"
@@ -78,6 +82,24 @@ class Master(models.Model):
     )
     # Write-only: never rendered back in the admin, exports omit it unless asked.
     gateway_secret = models.CharField(max_length=500, blank=True)
+
+    # Inbound gateway webhooks (/hooks/<kind>/<master>) must carry this, as a
+    # token or an HMAC key. Write-only like gateway_secret.
+    webhook_secret = models.CharField(max_length=200, blank=True)
+
+    # Failure metrics, kept by the health state machine (masters.health).
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    consecutive_successes = models.PositiveIntegerField(default=0, editable=False)
+    last_check_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_failure_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_response_ms = models.FloatField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    recovery_attempts = models.PositiveIntegerField(default=0, editable=False)
+    # Passive signal: sends failing in a row; at the limit the master is
+    # ejected (degraded) until send_ejected_until, whatever its probes say.
+    send_error_streak = models.PositiveIntegerField(default=0, editable=False)
+    send_ejected_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     max_messages_per_second = models.PositiveIntegerField(
         default=20, validators=[MinValueValidator(1)]
@@ -131,6 +153,157 @@ class Master(models.Model):
     def has_gateway(self) -> bool:
         return bool(self.gateway_url or self.gateway_kind == GatewayKind.CLOUD_API)
 
+    # --- health state machine (rules in masters.health) -------------------------
+
+    # What observe() changes: the prober saves these with one bulk_update.
+    HEALTH_FIELDS = (
+        "health_status",
+        "health_changed_at",
+        "consecutive_failures",
+        "consecutive_successes",
+        "last_check_at",
+        "last_success_at",
+        "last_failure_at",
+        "last_response_ms",
+        "last_error",
+    )
+
+    def observe(self, observation: Observation, thresholds: Thresholds) -> Event | None:
+        """Apply one health signal in memory; return the unsaved Event if the status moved.
+
+        The caller saves HEALTH_FIELDS and the event in one transaction, with
+        this row locked (the prober does it in bulk, ``record_observation`` one by one).
+        """
+        if observation.status == HealthStatus.HEALTHY and self.is_send_ejected(observation.at):
+            observation = Observation(
+                HealthStatus.DEGRADED,
+                observation.at,
+                f"gateway says up but sends keep failing ({observation.detail})",
+                observation.latency_ms,
+                observation.source,
+            )
+        old = HealthState(self.health_status, self.consecutive_failures, self.consecutive_successes)
+        new = next_health(old, observation.status, thresholds, lambda: self.is_flapping(thresholds))
+        self.consecutive_failures, self.consecutive_successes = new.failures, new.successes
+        self.last_check_at = observation.at
+        self.last_response_ms = observation.latency_ms
+        if observation.status == HealthStatus.HEALTHY:
+            self.last_success_at = observation.at
+        else:
+            self.last_failure_at = observation.at
+            self.last_error = observation.detail
+        if new.status == old.status:
+            return None
+        self.health_status, self.health_changed_at = new.status, observation.at
+        return Event(
+            kind=EventKind.HEALTH_CHANGED,
+            severity=transition_severity(new.status),
+            master=self,
+            message=f"{self.display_name}: {old.status} → {new.status} ({observation.detail})",
+            data={
+                "from": old.status,
+                "to": new.status,
+                "source": observation.source,
+                "detail": observation.detail,
+                "failures": new.failures,
+            },
+        )
+
+    def record_observation(self, observation: Observation) -> Event | None:
+        """Apply one signal to this master's row under a lock, with its Event."""
+        with transaction.atomic():
+            master = Master.objects.select_for_update().get(pk=self.pk)
+            event = master.observe(observation, Thresholds.from_settings())
+            master.save(update_fields=[*self.HEALTH_FIELDS, "updated_at"])
+            if event is not None:
+                event.save()
+        self.refresh_from_db()
+        return event
+
+    def is_flapping(self, thresholds: Thresholds) -> bool:
+        """Say whether health moved ``flap_limit`` times within the flap window."""
+        since = timezone.now() - timezone.timedelta(seconds=thresholds.flap_window_s)
+        recent = Event.objects.filter(
+            master=self, kind=EventKind.HEALTH_CHANGED, created_at__gte=since
+        )
+        return recent.count() >= thresholds.flap_limit
+
+    def is_send_ejected(self, at) -> bool:
+        return self.send_ejected_until is not None and at < self.send_ejected_until
+
+    def record_send_result(self, ok: bool, error: str = "") -> Event | None:
+        """Count a send's outcome (the passive signal); eject after too many errors in a row.
+
+        An ejected master is degraded, and probes cannot bring it back until
+        the ejection ends: a gateway that says up while sends fail is not healthy.
+        """
+        if ok:
+            Master.objects.filter(pk=self.pk, send_error_streak__gt=0).update(send_error_streak=0)
+            return None
+        thresholds = Thresholds.from_settings()
+        with transaction.atomic():
+            master = Master.objects.select_for_update().get(pk=self.pk)
+            master.send_error_streak += 1
+            fields = ["send_error_streak"]
+            event = None
+            if master.send_error_streak >= thresholds.send_error_limit:
+                now = timezone.now()
+                master.send_ejected_until = now + timezone.timedelta(
+                    seconds=thresholds.send_ejection_s
+                )
+                master.send_error_streak = 0
+                fields.append("send_ejected_until")
+                Event.objects.create(
+                    kind=EventKind.SEND_EJECTED,
+                    severity=Severity.WARNING,
+                    master=master,
+                    message=f"{master.display_name}: {thresholds.send_error_limit} sends "
+                    f"failed in a row, ejected for {thresholds.send_ejection_s}s ({error})",
+                    data={"error": error},
+                )
+                event = master.observe(
+                    Observation(
+                        HealthStatus.DEGRADED, now, f"sends failing: {error}", None, "send"
+                    ),
+                    thresholds,
+                )
+                fields.extend(self.HEALTH_FIELDS)
+            master.save(update_fields=fields)
+            if event is not None:
+                event.save()
+        return event
+
+    def start_maintenance(self, actor=None, reason: str = "") -> None:
+        """Drain this master: no new messages until maintenance ends."""
+        self._set_manual_status(
+            HealthStatus.MAINTENANCE, EventKind.MAINTENANCE_STARTED, actor, reason
+        )
+
+    def end_maintenance(self, actor=None, reason: str = "") -> None:
+        """Return the master to the probes: unknown until its first probe says healthy."""
+        self._set_manual_status(HealthStatus.UNKNOWN, EventKind.MAINTENANCE_ENDED, actor, reason)
+
+    def _set_manual_status(self, status: str, kind: str, actor, reason: str) -> None:
+        with transaction.atomic():
+            master = Master.objects.select_for_update().get(pk=self.pk)
+            if (master.health_status == HealthStatus.MAINTENANCE) == (
+                status == HealthStatus.MAINTENANCE
+            ):
+                return  # already there: no event for a no-op
+            old = master.health_status
+            master.health_status, master.health_changed_at = status, timezone.now()
+            master.consecutive_failures = master.consecutive_successes = 0
+            master.save(update_fields=[*self.HEALTH_FIELDS, "updated_at"])
+            Event.objects.create(
+                kind=kind,
+                master=master,
+                actor=actor,
+                message=f"{master.display_name}: {old} → {status}"
+                + (f" ({reason})" if reason else ""),
+                data={"from": old, "to": status, "reason": reason},
+            )
+        self.refresh_from_db()
+
     def gateway_config(self) -> GatewayConfig:
         url = self.gateway_url or (
             CLOUD_API_DEFAULT_URL if self.gateway_kind == GatewayKind.CLOUD_API else ""
@@ -177,6 +350,114 @@ class RuntimeSettings(models.Model):
         return settings_row
 
 
+class ProberLease(models.Model):
+    """Which prober acts: any number run, the holder of an unexpired lease probes.
+
+    The lease is renewed every few seconds; a prober that dies or stalls lets
+    it expire and another takes it. Every write of probe results checks the
+    lease inside its transaction, so a prober that wakes from a stall cannot
+    write stale results (a fencing check).
+    """
+
+    name = models.CharField(max_length=50, unique=True, default="prober")
+    holder = models.CharField(max_length=100, blank=True)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    renewed_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    stall_reported = models.BooleanField(default=False)
+    # Set while every probed master fails at once: automatic failover holds.
+    all_down_since = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} held by {self.holder or 'nobody'}"
+
+    @classmethod
+    def claim(cls, holder: str, ttl: timedelta) -> bool:
+        """Take or renew the lease for ``holder``; False while another holds it unexpired.
+
+        Taking over a lease that expired without being released means the
+        previous prober died or stalled: that is recorded as a takeover.
+        """
+        cls.objects.get_or_create(name="prober")
+        now = timezone.now()
+        with transaction.atomic():
+            lease = cls.objects.select_for_update().get(name="prober")
+            live = lease.expires_at is not None and lease.expires_at > now
+            if lease.holder != holder and lease.holder and live:
+                return False
+            if lease.holder != holder:
+                lease.acquired_at = now
+                lease.record_acquisition(holder, stalled=bool(lease.holder) and not live)
+            lease.holder, lease.renewed_at, lease.expires_at = holder, now, now + ttl
+            lease.stall_reported = False
+            lease.save()
+        return True
+
+    def record_acquisition(self, holder: str, *, stalled: bool) -> None:
+        if stalled:
+            Event.objects.create(
+                kind=EventKind.PROBER_TAKEOVER,
+                severity=Severity.WARNING,
+                message=f"Prober {self.holder} stopped renewing its lease at "
+                f"{self.renewed_at:%H:%M:%S}; {holder} takes over",
+                data={"previous": self.holder, "holder": holder},
+            )
+        else:
+            Event.objects.create(
+                kind=EventKind.PROBER_ACQUIRED,
+                message=f"Prober {holder} is probing",
+                data={"holder": holder},
+            )
+
+    @classmethod
+    def release(cls, holder: str) -> None:
+        """Give the lease up at a clean stop, so a standby prober takes over at once."""
+        with transaction.atomic():
+            released = cls.objects.filter(name="prober", holder=holder).update(
+                holder="", expires_at=timezone.now()
+            )
+            if released:
+                Event.objects.create(
+                    kind=EventKind.PROBER_STOPPED,
+                    message=f"Prober {holder} stopped",
+                    data={"holder": holder},
+                )
+
+    @classmethod
+    def holds(cls, holder: str) -> bool:
+        """Say, inside the caller's transaction and with a lock, whether ``holder`` may write."""
+        return (
+            cls.objects.select_for_update()
+            .filter(name="prober", holder=holder, expires_at__gt=timezone.now())
+            .exists()
+        )
+
+    @classmethod
+    def report_stall(cls, grace: timedelta) -> Event | None:
+        """Raise "health monitoring stopped" once when no prober held the lease for ``grace``."""
+        now = timezone.now()
+        with transaction.atomic():
+            lease = cls.objects.select_for_update().filter(name="prober").first()
+            if lease is None or lease.expires_at is None or lease.stall_reported:
+                return None
+            if lease.expires_at + grace > now:
+                return None
+            lease.stall_reported = True
+            lease.save(update_fields=["stall_reported"])
+            return Event.objects.create(
+                kind=EventKind.PROBER_STALLED,
+                severity=Severity.CRITICAL,
+                message="Health monitoring stopped: no prober has renewed its lease since "
+                f"{lease.renewed_at:%Y-%m-%d %H:%M:%S} UTC",
+                data={"last_holder": lease.holder, "renewed_at": lease.renewed_at.isoformat()},
+            )
+
+    @classmethod
+    def failover_on_hold(cls) -> bool:
+        """Say whether every master failed at once (then automatic failover waits)."""
+        return cls.objects.filter(name="prober", all_down_since__isnull=False).exists()
+
+
 class HealthCheck(models.Model):
     """One probe of one master."""
 
@@ -194,6 +475,32 @@ class HealthCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{self.master_id} {self.status} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
+
+class HealthRollup(models.Model):
+    """Probe results of one master over one hour, kept after the raw checks are pruned."""
+
+    master = models.ForeignKey(Master, on_delete=models.CASCADE, related_name="health_rollups")
+    bucket_start = models.DateTimeField()
+    bucket_seconds = models.PositiveIntegerField(default=3600)
+    checks = models.PositiveIntegerField(default=0)
+    healthy = models.PositiveIntegerField(default=0)
+    degraded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    response_ms_sum = models.FloatField(default=0.0)
+    response_ms_count = models.PositiveIntegerField(default=0)
+    response_ms_max = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["master", "bucket_start", "bucket_seconds"], name="rollup_unique_bucket"
+            )
+        ]
+        indexes = [models.Index(fields=["master", "bucket_start"], name="rollup_master_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.master_id} {self.bucket_start:%Y-%m-%d %H:%M} ({self.checks} checks)"
 
 
 class LoadMetric(models.Model):

@@ -1,8 +1,8 @@
 """Run the whole product in the foreground, the way `make run` does.
 
 Prepares the database (migrate, static files, demo data or BOTS_CONFIG), then
-starts every process kind as a child: web (daphne), worker (django-q2 cluster)
-and, for the demo, the gateway simulator. One child dying stops them all, and
+starts every process kind as a child: web (daphne), worker (django-q2 cluster),
+prober and, for the demo, the gateway simulator. One child dying stops them all, and
 Ctrl-C (or SIGTERM) stops them all cleanly: nothing is left running behind.
 """
 
@@ -65,6 +65,7 @@ class Command(BaseCommand):
                 "ha_portal.asgi:application",
             ],
             "worker": [*manage, "qcluster"],
+            "prober": [*manage, "ha_prober"],
         }
         if with_simulator:
             commands["simulator"] = [

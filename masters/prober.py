@@ -1,0 +1,313 @@
+"""The prober: every active master probed every interval, results written in batches.
+
+One asyncio loop per process. Any number of probers may run (one per node);
+the one holding ``ProberLease`` probes, the others stand by and take over
+when its lease expires. Probes run concurrently on one pooled HTTP client;
+their results are written by one database thread in batches (one
+transaction per batch: health checks, master counters, transition events),
+and each batch checks the lease first so a prober that wakes from a stall
+never writes stale results.
+
+django-q2's scheduler scans only every 30 s, so it cannot drive a 5-second
+loop: this is a long-running command (``manage.py ha_prober``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, transaction
+from django.utils import timezone
+
+from ha_portal.lib.http import HttpClient
+from masters.choices import EventKind, HealthStatus, Severity
+from masters.gateways import Gateway, gateway_for
+from masters.health import Observation, Thresholds
+from masters.models import Event, HealthCheck, Master, ProberLease, RuntimeSettings
+
+logger = logging.getLogger(__name__)
+
+# At most this many probes wait on gateways at once: 1,000 hung gateways at a
+# 2-second timeout and a 5-second interval keep about 400 in flight.
+MAX_IN_FLIGHT = 1000
+TICK_S = 0.05
+
+
+def node_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**4):04x}"
+
+
+@dataclass(order=True)
+class Target:
+    """A master the prober is watching, ordered by when its next probe is due."""
+
+    due: float
+    master_id: int = field(compare=False)
+    gateway: Gateway = field(compare=False)
+    status: str = field(compare=False, default=HealthStatus.UNKNOWN)
+    generation: int = field(compare=False, default=0)
+
+
+@dataclass(frozen=True)
+class Timing:
+    interval_s: float
+    timeout_s: float
+    confirm_s: float
+
+    @classmethod
+    def current(cls) -> Timing:
+        interval_s = RuntimeSettings.current().health_check_interval_ms / 1000
+        timeout_s = min(settings.HEALTH["timeout_ms"] / 1000, interval_s * 0.8)
+        confirm_s = min(settings.HEALTH["confirm_interval_ms"] / 1000, interval_s)
+        return cls(interval_s, timeout_s, confirm_s)
+
+    @property
+    def lease_ttl(self) -> timedelta:
+        # Renewed every third of an interval: a standby takes over at most
+        # 1.5 + 1/3 intervals after the holder's last renewal.
+        return timedelta(seconds=self.interval_s * 1.5)
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.interval_s / 3
+
+
+# --- the database side (runs on the prober's one database thread) -------------
+
+
+def load_targets() -> list[tuple[int, Any, str]]:
+    """Return (id, gateway config, status) for every active master that has a gateway."""
+    masters = Master.objects.filter(is_active=True).order_by("pk")
+    return [(m.pk, m.gateway_config(), m.health_status) for m in masters if m.has_gateway]
+
+
+def write_results(
+    holder: str, results: list[tuple[int, Observation]], thresholds: Thresholds
+) -> dict[int, str] | None:
+    """Write one batch of probe results; return each master's new status, None if not leader."""
+    with transaction.atomic():
+        if not ProberLease.holds(holder):
+            return None
+        ids = {master_id for master_id, _ in results}
+        masters = Master.objects.select_for_update().in_bulk(ids)
+        checks, events = [], []
+        for master_id, observation in results:
+            master = masters.get(master_id)
+            if master is None:
+                continue  # deleted since it was probed
+            checks.append(
+                HealthCheck(
+                    master=master,
+                    checked_at=observation.at,
+                    status=observation.status,
+                    response_time_ms=observation.latency_ms,
+                    error="" if observation.status == HealthStatus.HEALTHY else observation.detail,
+                )
+            )
+            event = master.observe(observation, thresholds)
+            if event is not None:
+                events.append(event)
+        Master.objects.bulk_update(masters.values(), Master.HEALTH_FIELDS)
+        HealthCheck.objects.bulk_create(checks)
+        Event.objects.bulk_create(events)
+        update_all_down()
+    for event in events:
+        logger.info("%s", event.message)
+    return {master.pk: master.health_status for master in masters.values()}
+
+
+def update_all_down() -> None:
+    """Record the moment every probed master fails at once, and the moment one answers.
+
+    All masters failing together more likely means the prober's own network
+    is down than that every gateway broke: automatic failover holds meanwhile.
+    """
+    probed = Master.objects.filter(is_active=True).exclude(health_status=HealthStatus.MAINTENANCE)
+    all_down = probed.exists() and not probed.filter(consecutive_failures=0).exists()
+    lease = ProberLease.objects.get(name="prober")
+    if all_down and lease.all_down_since is None:
+        lease.all_down_since = timezone.now()
+        lease.save(update_fields=["all_down_since"])
+        Event.objects.create(
+            kind=EventKind.ALL_DOWN,
+            severity=Severity.CRITICAL,
+            message=f"All {probed.count()} masters are failing their probes: "
+            "automatic failover holds until one answers",
+        )
+    elif not all_down and lease.all_down_since is not None:
+        lease.all_down_since = None
+        lease.save(update_fields=["all_down_since"])
+        Event.objects.create(kind=EventKind.SOME_UP, message="A master answers again")
+
+
+# --- the loop -----------------------------------------------------------------
+
+
+class Prober:
+    """Probe every active master every interval while holding the lease."""
+
+    def __init__(self, name: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.name = name or node_name()
+        self.clock = clock
+        self.leader = False
+        self.targets: dict[int, Target] = {}
+        self.heap: list[Target] = []
+        self.results: list[tuple[int, Observation]] = []
+        self.results_ready = asyncio.Event()
+        self.in_flight: set[asyncio.Task] = set()
+        self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prober-db")
+        self.thresholds = Thresholds.from_settings()
+        self.timing: Timing | None = None
+
+    async def db(self, function: Callable, *args: Any) -> Any:
+        """Run ORM work on the prober's one database thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.db_thread, partial(_with_fresh_connection, function, *args)
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Probe until ``stopping`` is set, then release the lease."""
+        self.timing = await self.db(Timing.current)
+        async with HttpClient(limit=MAX_IN_FLIGHT) as http:
+            self.http = http
+            tasks = [
+                asyncio.create_task(self.lease_loop(stopping)),
+                asyncio.create_task(self.schedule_loop(stopping)),
+                asyncio.create_task(self.flush_loop(stopping)),
+            ]
+            await stopping.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, *self.in_flight, return_exceptions=True)
+            if self.results and self.leader:
+                await self.flush()
+        if self.leader:
+            await self.db(ProberLease.release, self.name)
+        self.db_thread.shutdown(wait=True)
+
+    async def lease_loop(self, stopping: asyncio.Event) -> None:
+        """Renew the lease (or wait for it) and refresh the list of masters."""
+        while not stopping.is_set():
+            try:
+                self.timing = await self.db(Timing.current)
+                leader = await self.db(ProberLease.claim, self.name, self.timing.lease_ttl)
+                if leader:
+                    await self.refresh_targets()
+                else:
+                    await self.db(
+                        ProberLease.report_stall, timedelta(seconds=self.timing.interval_s)
+                    )
+                self.set_leader(leader)
+            except DatabaseError:
+                # The database is away (a restart, a failover): stand down and
+                # retry; the lease expires on its own if we stay away.
+                logger.exception("prober %s: lease renewal failed", self.name)
+                self.set_leader(False)
+            await asyncio.sleep(self.timing.renew_every_s if self.timing else 1.0)
+
+    def set_leader(self, leader: bool) -> None:
+        if leader != self.leader:
+            logger.info("prober %s is %s", self.name, "probing" if leader else "standing by")
+        if not leader:
+            self.targets.clear()
+            self.heap.clear()
+            for task in self.in_flight:
+                task.cancel()
+        self.leader = leader
+
+    async def refresh_targets(self) -> None:
+        """Add new masters with a random phase (jitter), drop removed ones, update gateways."""
+        rows = await self.db(load_targets)
+        now, interval = self.clock(), self.timing.interval_s
+        seen = set()
+        for master_id, config, status in rows:
+            seen.add(master_id)
+            target = self.targets.get(master_id)
+            gateway = gateway_for(config, self.http, timeout=self.timing.timeout_s)
+            if target is None:
+                target = Target(now + random.uniform(0, interval), master_id, gateway, status)
+                self.targets[master_id] = target
+                heapq.heappush(self.heap, target)
+            elif target.gateway.config != config:
+                target.gateway = gateway
+        for master_id in set(self.targets) - seen:
+            self.targets.pop(master_id).generation = -1  # a stale heap entry
+
+    async def schedule_loop(self, stopping: asyncio.Event) -> None:
+        """Start every probe that is due; each master has at most one probe in flight."""
+        while not stopping.is_set():
+            now = self.clock()
+            while self.heap and self.heap[0].due <= now:
+                target = heapq.heappop(self.heap)
+                if target.generation < 0 or not self.leader:
+                    continue
+                task = asyncio.create_task(self.probe(target))
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+            await asyncio.sleep(TICK_S)
+
+    async def probe(self, target: Target) -> None:
+        try:
+            result = await target.gateway.health()
+            observation = Observation(
+                result.status, timezone.now(), result.detail, result.latency_ms
+            )
+        except Exception as error:  # a bug must not stop this master's probes for good
+            logger.exception("prober %s: probe of master %s crashed", self.name, target.master_id)
+            observation = Observation(HealthStatus.FAILED, timezone.now(), f"probe error: {error}")
+        result_status = observation.status
+        self.results.append((target.master_id, observation))
+        self.results_ready.set()
+        if target.generation < 0:
+            return
+        # A failure is confirmed sooner than the interval; the phase is kept otherwise.
+        confirm = result_status == HealthStatus.FAILED and target.status != HealthStatus.FAILED
+        target.due = (
+            self.clock() + self.timing.confirm_s
+            if confirm
+            else max(target.due + self.timing.interval_s, self.clock())
+        )
+        heapq.heappush(self.heap, target)
+
+    async def flush_loop(self, stopping: asyncio.Event) -> None:
+        """Write results as they come: a batch is whatever arrived during the last write."""
+        while not stopping.is_set():
+            await self.results_ready.wait()
+            await self.flush()
+
+    async def flush(self) -> None:
+        self.results_ready.clear()
+        batch, self.results = self.results, []
+        if not batch:
+            return
+        try:
+            statuses = await self.db(write_results, self.name, batch, self.thresholds)
+        except DatabaseError:
+            logger.exception("prober %s: could not write %d results", self.name, len(batch))
+            return
+        if statuses is None:
+            logger.warning("prober %s lost the lease; results discarded", self.name)
+            self.set_leader(False)
+            return
+        for master_id, status in statuses.items():
+            if master_id in self.targets:
+                self.targets[master_id].status = status
+
+
+def _with_fresh_connection(function: Callable, *args: Any) -> Any:
+    # Drops a connection the database closed (a restart) before it is reused.
+    close_old_connections()
+    return function(*args)
