@@ -174,19 +174,16 @@ class Master(models.Model):
         The caller saves HEALTH_FIELDS and the event in one transaction, with
         this row locked (the prober does it in bulk, ``record_observation`` one by one).
         """
+        self.last_check_at = observation.at
+        self.last_response_ms = observation.latency_ms
         if observation.status == HealthStatus.HEALTHY and self.is_send_ejected(observation.at):
-            observation = Observation(
-                HealthStatus.DEGRADED,
-                observation.at,
-                f"gateway says up but sends keep failing ({observation.detail})",
-                observation.latency_ms,
-                observation.source,
-            )
+            # The gateway says up but its sends failed: hold the master where it
+            # is (out of rotation) until the ejection ends, neither rising nor falling.
+            self.last_error = f"gateway says up but sends keep failing ({observation.detail})"
+            return None
         old = HealthState(self.health_status, self.consecutive_failures, self.consecutive_successes)
         new = next_health(old, observation.status, thresholds, lambda: self.is_flapping(thresholds))
         self.consecutive_failures, self.consecutive_successes = new.failures, new.successes
-        self.last_check_at = observation.at
-        self.last_response_ms = observation.latency_ms
         if observation.status == HealthStatus.HEALTHY:
             self.last_success_at = observation.at
         else:

@@ -29,7 +29,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, connections, transaction
 from django.utils import timezone
 
 from ha_portal.lib.http import HttpClient
@@ -196,6 +196,7 @@ class Prober:
                 await self.flush()
         if self.leader:
             await self.db(ProberLease.release, self.name)
+        await self.db(connections.close_all)
         self.db_thread.shutdown(wait=True)
 
     async def lease_loop(self, stopping: asyncio.Event) -> None:

@@ -30,3 +30,106 @@ def make_master(external_id: str = "m1", phone: str = "+971505760056", **fields)
         "health_status": HealthStatus.HEALTHY,
     } | fields
     return Master.objects.create(external_id=external_id, phone_number=phone, **values)
+
+
+# --- real parts: the gateway simulator and a prober, each on its own thread ----
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from masters.gateways.simulator import SimulatorServer  # noqa: E402
+from masters.prober import Prober  # noqa: E402
+
+
+@pytest.fixture
+def simulator():
+    with SimulatorServer(["a", "b", "c"]) as server:
+        yield server
+
+
+def sim_control(simulator: SimulatorServer, session: str, action: str, **body) -> dict:
+    """Drive the simulator over HTTP, as the demo panel and the benchmarks do."""
+    request = urllib.request.Request(
+        f"{simulator.url}/_sim/sessions/{session}/{action}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 15.0, what: str = "") -> object:
+    """Return the condition's first truthy value; fail after ``timeout`` seconds.
+
+    For state another thread or process writes to the database: there is no
+    event to await across that boundary, so this polls at a short interval.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+
+
+class ProberThread:
+    """A real Prober running its asyncio loop on a thread of the test process."""
+
+    def __init__(self, name: str) -> None:
+        self.prober = Prober(name)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"prober-{name}", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.started.set()
+        await self.prober.run(self.stopping)
+
+    def start(self) -> ProberThread:
+        self.thread.start()
+        self.started.wait(5)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "the prober did not stop"
+
+
+@pytest.fixture
+def fast_probes(settings, transactional_db):
+    """Probe every 500 ms (the minimum) with a 300 ms timeout and 100 ms confirmation."""
+    from masters.models import RuntimeSettings
+
+    settings.HEALTH = settings.HEALTH | {"timeout_ms": 300, "confirm_interval_ms": 100}
+    runtime = RuntimeSettings.current()
+    runtime.health_check_interval_ms = 500
+    runtime.save()
+    return runtime
+
+
+@pytest.fixture
+def start_prober(fast_probes):
+    probers: list[ProberThread] = []
+
+    def start(name: str = "test-prober") -> ProberThread:
+        prober = ProberThread(name).start()
+        probers.append(prober)
+        return prober
+
+    yield start
+    for prober in probers:
+        if prober.thread.is_alive():
+            prober.stop()

@@ -1,0 +1,14 @@
+"""The domain's own endpoints: gateway status webhooks (the bot's API joins them here)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from masters import webhooks
+
+app_name = "masters"
+
+urlpatterns = [
+    path("hooks/waha/<slug:external_id>", webhooks.waha_hook, name="waha-hook"),
+    path("hooks/evolution/<slug:external_id>", webhooks.evolution_hook, name="evolution-hook"),
+]
