@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import logging
+import re
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ DEFAULT_CONNECTION_LIMIT = 200
 # Gateway replies are a few hundred bytes; a megabyte means something is wrong.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 CHUNK_BYTES = 64 * 1024
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class HttpError(Exception):
@@ -116,6 +118,7 @@ class HttpClient:
         """Send one request and read the whole (capped) body within ``timeout`` seconds."""
         if self._session is None:
             raise RuntimeError("HttpClient used outside 'async with'")
+        check_headers(headers or {})
         started = time.perf_counter()
         try:
             # asyncio.timeout bounds the body read too, so a server that sends
@@ -129,8 +132,7 @@ class HttpClient:
         except aiohttp.ClientError as error:
             raise HttpError(f"{type(error).__name__}: {error}") from error
         except ValueError as error:
-            # aiohttp refuses control characters in headers (a pasted API key
-            # with a newline): a bad config, reported like any failed call.
+            # aiohttp's own request validation; report it like any failed call.
             raise HttpError(f"invalid request: {error}") from error
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.debug("%s %s -> %s in %.1f ms", method, url, status, elapsed_ms)
@@ -159,6 +161,18 @@ class HttpClient:
                 raise HttpError(f"response body over {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse header names or values with control characters, naming only the header.
+
+    A pasted API key often ends in a newline. aiohttp would refuse it too, but
+    only after connecting, and it then leaks that connection; the value is
+    never put in the message because it is usually a secret.
+    """
+    for name, value in headers.items():
+        if CONTROL_CHARACTERS.search(name) or CONTROL_CHARACTERS.search(value):
+            raise HttpError(f"invalid request: header {name!r} contains a control character")
 
 
 def describe_connection_error(error: aiohttp.ClientConnectionError) -> str:

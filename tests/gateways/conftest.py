@@ -46,6 +46,7 @@ class FakeGateway:
     requests: list[ReceivedRequest] = field(default_factory=list)
     # Set at teardown so handlers that never answer can finish and the server can stop.
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    loop: asyncio.AbstractEventLoop | None = None
 
     def on(self, method: str, path: str, handler: Handler) -> None:
         """Serve ``method path`` with a custom aiohttp handler."""
@@ -115,33 +116,35 @@ def decode(body: bytes) -> Any:
 @pytest.fixture
 def fake_gateway() -> Iterator[FakeGateway]:
     """Start a real HTTP server on a free 127.0.0.1 port for the test's duration."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = FakeGateway(url=f"http://127.0.0.1:{sock.getsockname()[1]}")
-    runner = asyncio.run_coroutine_threadsafe(start(server, sock), loop).result(timeout=5)
+    ready = threading.Event()
+    thread = threading.Thread(target=asyncio.run, args=(serve(server, sock, ready),), daemon=True)
+    thread.start()
+    assert ready.wait(timeout=5), "the fake gateway did not start"
     try:
         yield server
     finally:
-        asyncio.run_coroutine_threadsafe(stop(server, runner), loop).result(timeout=5)
-        loop.call_soon_threadsafe(loop.stop)
+        assert server.loop is not None
+        server.loop.call_soon_threadsafe(server.release.set)
         thread.join(timeout=5)
-        loop.close()
 
 
-async def start(server: FakeGateway, sock: socket.socket) -> web.AppRunner:
+async def serve(server: FakeGateway, sock: socket.socket, ready: threading.Event) -> None:
+    """Serve until ``server.release`` is set, then shut down inside asyncio.run.
+
+    Shutting down inside asyncio.run (not by stopping a bare loop) lets the
+    closed connections finish closing before the loop goes away.
+    """
+    server.loop = asyncio.get_running_loop()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server.dispatch)
     runner = web.AppRunner(app, shutdown_timeout=1)
     await runner.setup()
     await web.SockSite(runner, sock).start()
-    return runner
-
-
-async def stop(server: FakeGateway, runner: web.AppRunner) -> None:
-    server.release.set()
+    ready.set()
+    await server.release.wait()
     await runner.cleanup()
 
 

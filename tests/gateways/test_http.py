@@ -123,7 +123,9 @@ def test_it_does_not_follow_redirects_so_keys_stay_with_the_gateway(fake_gateway
 def test_it_reports_a_header_with_a_newline_as_an_http_error(fake_gateway):
     fake_gateway.reply("POST", "/x", json={})
 
-    with pytest.raises(HttpError, match=r"^invalid request: .*control character"):
+    with pytest.raises(HttpError) as caught:
         fetch(f"{fake_gateway.url}/x", headers={"X-Api-Key": "pasted\nkey"})
 
+    assert str(caught.value) == "invalid request: header 'X-Api-Key' contains a control character"
+    assert "pasted" not in str(caught.value)
     assert fake_gateway.requests == []
