@@ -8,6 +8,7 @@ Ctrl-C (or SIGTERM) stops them all cleanly: nothing is left running behind.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -37,7 +38,8 @@ class Command(BaseCommand):
     def handle(self, *args, port: int, simulator_port: int, bots_config: str, **options) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
-        self.stdout.write("Database migrated, static files collected.")
+        call_command("setup_schedules", stdout=io.StringIO())
+        self.stdout.write("Database migrated, static files collected, schedules set.")
         if bots_config:
             if not Path(bots_config).is_file():
                 raise CommandError(f"BOTS_CONFIG: no such file: {bots_config}")
