@@ -1,0 +1,83 @@
+"""The outbound queue (a transactional outbox) and conversation affinity."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from masters.choices import (
+    MessagePriority,
+    MessageStatus,
+)
+from masters.validators import validate_e164
+
+# Referenced by name: this module is imported before masters.models.master.
+MASTER = "masters.Master"
+
+
+class Message(models.Model):
+    """One outgoing message: the queue is this table (a transactional outbox)."""
+
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    body_hash = models.CharField(max_length=64, help_text="SHA-256 of the request body fields.")
+    to = models.CharField(max_length=16, validators=[validate_e164])
+    text = models.TextField()
+    region = models.CharField(max_length=50, blank=True)
+    priority = models.CharField(
+        max_length=8, choices=MessagePriority, default=MessagePriority.NORMAL
+    )
+    status = models.CharField(max_length=16, choices=MessageStatus, default=MessageStatus.QUEUED)
+    master = models.ForeignKey(
+        MASTER, null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
+    )
+    # Fencing number: bumped whenever the assignment moves, so a dispatcher
+    # holding a stale claim cannot record a send after a failover.
+    epoch = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    gateway_message_id = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The dispatcher's claim: pending messages due now, oldest first.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                name="message_due_idx",
+                condition=Q(status__in=["queued", "retrying"]),
+            ),
+            # Failover: a master's pending and in-flight work; dashboard counts.
+            models.Index(fields=["master", "status"], name="message_master_status_idx"),
+            # Lease reclaim: claimed messages whose lease ran out.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="message_lease_idx",
+                condition=Q(status="sending"),
+            ),
+            models.Index(fields=["status", "updated_at"], name="message_status_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"message {self.pk} to {self.to} ({self.status})"
+
+
+class ConversationAffinity(models.Model):
+    """A contact's current master: the same contact keeps the same sender."""
+
+    contact = models.CharField(max_length=16, unique=True, validators=[validate_e164])
+    master = models.ForeignKey(MASTER, on_delete=models.CASCADE, related_name="affinities")
+    expires_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "conversation affinities"
+        indexes = [models.Index(fields=["master", "expires_at"], name="affinity_master_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.contact} -> {self.master_id}"
