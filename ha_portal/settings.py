@@ -89,6 +89,32 @@ HEALTH = {
     "rollup_retention_days": env_int("HEALTH_ROLLUP_RETENTION_DAYS", 90, minimum=1),
 }
 
+# The queue and dispatcher (issue 4).
+QUEUE = {
+    "default_ttl_s": env_int("MESSAGE_TTL", 86_400, minimum=1),
+    "max_ttl_s": env_int("MESSAGE_MAX_TTL", 7 * 86_400, minimum=1),
+    "max_attempts": env_int("MESSAGE_MAX_ATTEMPTS", 10, minimum=1),
+    "retry_base_ms": env_int("RETRY_BASE_MS", 1000, minimum=10),
+    "retry_max_ms": env_int("RETRY_MAX_MS", 300_000, minimum=10),
+    "lease_s": env_int("DISPATCH_LEASE", 30, minimum=5),
+    "send_timeout_ms": env_int("SEND_TIMEOUT", 10_000, minimum=100),
+    "claim_batch": env_int("DISPATCH_BATCH", 200, minimum=1, maximum=5000),
+    "per_master_concurrency": env_int("DISPATCH_CONCURRENCY", 64, minimum=1),
+    "api_batch_limit": env_int("API_BATCH_LIMIT", 500, minimum=1, maximum=10_000),
+    "text_max_chars": 4096,  # WhatsApp's own limit for a text message
+}
+
+# Load balancing on top of the strategy (issue 4).
+BALANCING = {
+    "affinity_ttl_s": env_int("AFFINITY_TTL", 86_400, minimum=1),
+    # A contact stays on its master only while that master holds fewer than
+    # this many unsent messages: one busy contact cannot pin a master.
+    "affinity_max_pending": env_int("AFFINITY_MAX_PENDING", 200, minimum=1),
+    "slow_start_s": env_int("SLOW_START", 60, minimum=0),
+    "slow_start_min_share": 0.1,
+    "snapshot_max_age_ms": env_int("ROUTING_SNAPSHOT_MS", 1000, minimum=0),
+}
+
 # --- Django -------------------------------------------------------------------
 
 INSTALLED_APPS = [
@@ -206,6 +232,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+
+# The batch endpoint takes API_BATCH_LIMIT messages of up to 4,096 characters.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("API_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 
 # --- Security -------------------------------------------------------------------
 SECURE_COOKIES = env_bool("SECURE_COOKIES", not DEBUG)

@@ -133,3 +133,51 @@ def start_prober(fast_probes):
     for prober in probers:
         if prober.thread.is_alive():
             prober.stop()
+
+
+class DispatcherThread:
+    """A real Dispatcher running its asyncio loop on a thread of the test process."""
+
+    def __init__(self, name: str) -> None:
+        from masters.dispatcher import Dispatcher
+
+        self.dispatcher = Dispatcher(name)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"dispatch-{name}", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.started.set()
+        await self.dispatcher.run(self.stopping)
+
+    def start(self) -> DispatcherThread:
+        self.thread.start()
+        self.started.wait(5)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "the dispatcher did not stop"
+
+
+@pytest.fixture
+def start_dispatcher(transactional_db, settings):
+    settings.QUEUE = settings.QUEUE | {"retry_base_ms": 50, "retry_max_ms": 200}
+    started: list[DispatcherThread] = []
+
+    def start(name: str = "test-dispatcher") -> DispatcherThread:
+        dispatcher = DispatcherThread(name).start()
+        started.append(dispatcher)
+        return dispatcher
+
+    yield start
+    for dispatcher in started:
+        if dispatcher.thread.is_alive():
+            dispatcher.stop()

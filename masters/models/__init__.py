@@ -4,6 +4,7 @@ State that changes over time is a row (HealthCheck, FailoverEvent, Event),
 and every state change writes an ``Event`` in the same transaction.
 """
 
+from masters.models.api import ApiToken
 from masters.models.events import AlertRecipient, Event, EventQuerySet
 from masters.models.failover import FailoverEvent
 from masters.models.health import HealthCheck, HealthRollup, LoadMetric, ProberLease
@@ -14,6 +15,7 @@ __all__ = [
     "API_VERSION_RE",
     "CLOUD_API_DEFAULT_URL",
     "AlertRecipient",
+    "ApiToken",
     "ConversationAffinity",
     "Event",
     "EventQuerySet",

@@ -46,12 +46,21 @@ class Message(models.Model):
 
     class Meta:
         indexes = [
-            # The dispatcher's claim: pending messages due now, oldest first.
+            # The dispatcher's claim: pending messages due now, high priority
+            # first ("high" sorts before "normal"), then oldest first.
             models.Index(
-                fields=["next_attempt_at", "id"],
+                fields=["priority", "next_attempt_at", "id"],
                 name="message_due_idx",
                 condition=Q(status__in=["queued", "retrying"]),
             ),
+            # The expiry sweep: pending messages past their TTL.
+            models.Index(
+                fields=["expires_at"],
+                name="message_expiry_idx",
+                condition=Q(status__in=["queued", "retrying"]),
+            ),
+            # Load metrics: what each master sent in the last interval.
+            models.Index(fields=["master", "sent_at"], name="message_master_sent_idx"),
             # Failover: a master's pending and in-flight work; dashboard counts.
             models.Index(fields=["master", "status"], name="message_master_status_idx"),
             # Lease reclaim: claimed messages whose lease ran out.
@@ -65,6 +74,11 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"message {self.pk} to {self.to} ({self.status})"
+
+    @property
+    def gateway_idempotency_key(self) -> str:
+        """The key the gateway sees: the bot's own, or one derived from the row."""
+        return self.idempotency_key or f"ha-portal-{self.pk}"
 
 
 class ConversationAffinity(models.Model):

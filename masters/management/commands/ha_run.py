@@ -2,7 +2,7 @@
 
 Prepares the database (migrate, static files, demo data or BOTS_CONFIG), then
 starts every process kind as a child: web (daphne), worker (django-q2 cluster),
-prober and, for the demo, the gateway simulator. One child dying stops them all, and
+prober, dispatcher and, for the demo, the gateway simulator. One child dying stops them all, and
 Ctrl-C (or SIGTERM) stops them all cleanly: nothing is left running behind.
 """
 
@@ -68,6 +68,7 @@ class Command(BaseCommand):
             ],
             "worker": [*manage, "qcluster"],
             "prober": [*manage, "ha_prober"],
+            "dispatcher": [*manage, "ha_dispatcher"],
         }
         if with_simulator:
             commands["simulator"] = [

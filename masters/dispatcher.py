@@ -1,0 +1,316 @@
+"""The dispatcher: claims queued messages, picks their masters and sends them.
+
+One asyncio loop per process; run any number (``manage.py ha_dispatcher``).
+Database work (masters.outbox) runs on two threads so that claiming the
+next batch overlaps with recording the last one. Sends run concurrently on
+one pooled HTTP client, bounded per master by a concurrency limit and the
+master's messages-per-second rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connections
+from django.utils import timezone
+
+from ha_portal.lib.http import HttpClient
+from masters import outbox
+from masters.gateways import Gateway, GatewayError, gateway_for
+from masters.models import Master
+from masters.outbox import Claimed, Outcome
+from masters.routing import Router
+
+logger = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.1  # how long an empty claim waits before asking again
+SWEEP_EVERY_S = 2.0
+MASTERS_EVERY_S = 1.0
+NO_MASTER_DELAY = timedelta(seconds=1)
+
+
+def node_name() -> str:
+    return f"dispatcher:{socket.gethostname()}:{os.getpid()}:{random.randrange(16**4):04x}"
+
+
+class RateLimiter:
+    """A token bucket: at most ``rate`` sends a second, in bursts of up to one second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = max(rate, 0.001)
+        self.tokens = self.rate
+        self.clock = clock
+        self.updated = clock()
+
+    async def acquire(self) -> None:
+        while True:
+            now = self.clock()
+            self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+@dataclass
+class Lane:
+    """One master as the dispatcher sends through it."""
+
+    gateway: Gateway
+    limiter: RateLimiter
+    slots: asyncio.Semaphore
+
+
+class Dispatcher:
+    """Claim, route, send and record until told to stop."""
+
+    def __init__(self, name: str | None = None, router: Router | None = None) -> None:
+        self.name = name or node_name()
+        self.router = router or Router()
+        self.claim_thread = ThreadPoolExecutor(1, thread_name_prefix="dispatch-claim")
+        self.record_thread = ThreadPoolExecutor(1, thread_name_prefix="dispatch-record")
+        self.lanes: dict[int, Lane] = {}
+        self.outcomes: list[Outcome] = []
+        self.outcomes_ready = asyncio.Event()
+        self.in_flight = 0
+        self.max_in_flight = settings.QUEUE["claim_batch"] * 4
+        self.capacity = asyncio.Event()
+        self.capacity.set()
+        self.sent = 0
+
+    async def on(self, thread: ThreadPoolExecutor, function: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            thread, partial(_with_fresh_connection, function, *args)
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Dispatch until ``stopping`` is set; finish and record the sends under way."""
+        timeout_s = settings.QUEUE["send_timeout_ms"] / 1000
+        async with HttpClient(limit=0) as http:
+            self.http, self.timeout_s = http, timeout_s
+            await self.refresh_lanes()
+            background = [
+                asyncio.create_task(self.record_loop(stopping)),
+                asyncio.create_task(self.housekeeping_loop(stopping)),
+            ]
+            sends: set[asyncio.Task] = set()
+            await self.claim_loop(stopping, sends)
+            await asyncio.gather(*sends, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.flush_outcomes()
+        for thread in (self.claim_thread, self.record_thread):
+            thread.submit(connections.close_all).result()
+            thread.shutdown(wait=True)
+
+    async def claim_loop(self, stopping: asyncio.Event, sends: set[asyncio.Task]) -> None:
+        lease = timedelta(seconds=settings.QUEUE["lease_s"])
+        batch = settings.QUEUE["claim_batch"]
+        while not stopping.is_set():
+            await self.capacity.wait()
+            try:
+                claimed = await self.on(self.claim_thread, outbox.claim, self.name, batch, lease)
+                ready = await self.route(claimed)
+            except DatabaseError:
+                logger.exception("%s: claim failed; retrying", self.name)
+                claimed, ready = [], []
+            for message in ready:
+                task = asyncio.create_task(self.send(message))
+                sends.add(task)
+                task.add_done_callback(sends.discard)
+            if len(claimed) < batch:
+                # The queue is (nearly) empty: wait a moment or until told to stop.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), IDLE_WAIT_S)
+
+    async def route(self, claimed: list[Claimed]) -> list[tuple[Claimed, int]]:
+        """Pick a master for each unassigned message; give back what no master can take."""
+        unassigned = [m for m in claimed if m.master_id is None]
+        chosen = {m.id: m.master_id for m in claimed if m.master_id is not None}
+        if unassigned:
+            decisions = await self.on(
+                self.claim_thread,
+                self.router.route_many,
+                [(m.id, m.to, m.region) for m in unassigned],
+            )
+            waiting = [m.id for m in unassigned if m.id not in decisions]
+            if waiting:
+                await self.on(
+                    self.claim_thread,
+                    outbox.release,
+                    self.name,
+                    waiting,
+                    NO_MASTER_DELAY,
+                    "waiting: no master is routable",
+                )
+            picked = {m_id: d.candidate_id for m_id, d in decisions.items()}
+            ours = await self.on(self.claim_thread, outbox.assign, self.name, picked)
+            if len(ours) < len(picked):
+                # A master left rotation since the router's snapshot: look again.
+                self.router.invalidate()
+            chosen |= {m_id: master for m_id, master in picked.items() if m_id in ours}
+            contacts = {m.to: picked[m.id] for m in unassigned if m.id in ours}
+            await self.on(self.claim_thread, self.router.remember, contacts)
+        return [(m, chosen[m.id]) for m in claimed if m.id in chosen]
+
+    async def send(self, item: tuple[Claimed, int]) -> None:
+        message, master_id = item
+        self.track(+1)
+        try:
+            outcome = await self.send_through(message, master_id)
+        finally:
+            self.track(-1)
+        self.outcomes.append(outcome)
+        self.outcomes_ready.set()
+
+    async def send_through(self, message: Claimed, master_id: int) -> Outcome:
+        lane = self.lanes.get(master_id)
+        if lane is None:
+            await self.refresh_lanes()
+            lane = self.lanes.get(master_id)
+        if lane is None:
+            return Outcome(
+                message.id,
+                message.epoch,
+                master_id,
+                error="master no longer sendable",
+                blame_master=False,
+            )
+        async with lane.slots:
+            await lane.limiter.acquire()
+            # Never start a send that could outlive the claim: after the lease
+            # the message may belong to another dispatcher or master.
+            remaining = (message.lease_expires_at - timezone.now()).total_seconds()
+            if remaining < self.timeout_s + 1:
+                return Outcome(
+                    message.id,
+                    message.epoch,
+                    master_id,
+                    error="claim lease too short to send",
+                    blame_master=False,
+                )
+            try:
+                gateway_id = await lane.gateway.send(
+                    message.to, message.text, message.idempotency_key
+                )
+            except GatewayError as error:
+                return Outcome(
+                    message.id,
+                    message.epoch,
+                    master_id,
+                    error=error.detail,
+                    retryable=error.retryable,
+                )
+        return Outcome(message.id, message.epoch, master_id, gateway_message_id=gateway_id)
+
+    def track(self, delta: int) -> None:
+        self.in_flight += delta
+        if self.in_flight >= self.max_in_flight:
+            self.capacity.clear()
+        else:
+            self.capacity.set()
+
+    async def record_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self.outcomes_ready.wait()
+            await self.flush_outcomes()
+
+    async def flush_outcomes(self) -> None:
+        self.outcomes_ready.clear()
+        batch, self.outcomes = self.outcomes, []
+        if not batch:
+            return
+        try:
+            written = await self.on(
+                self.record_thread,
+                outbox.record,
+                self.name,
+                batch,
+                settings.QUEUE["max_attempts"],
+            )
+            await self.on(self.record_thread, report_to_health, written)
+        except DatabaseError:
+            # The claims stay "sending" and are reclaimed after their lease:
+            # retried, and delivered once thanks to the idempotency key.
+            logger.exception("%s: could not record %d results", self.name, len(batch))
+            return
+        self.sent += sum(1 for outcome in written if outcome.sent)
+
+    async def housekeeping_loop(self, stopping: asyncio.Event) -> None:
+        """Refresh masters every second; expire and reclaim every few seconds."""
+        last_sweep = 0.0
+        while not stopping.is_set():
+            try:
+                await self.refresh_lanes()
+                if time.monotonic() - last_sweep >= SWEEP_EVERY_S:
+                    last_sweep = time.monotonic()
+                    expired = await self.on(self.record_thread, outbox.expire_overdue)
+                    reclaimed = await self.on(self.record_thread, outbox.reclaim_expired_leases)
+                    if expired or reclaimed:
+                        logger.info("%s: %d expired, %d reclaimed", self.name, expired, reclaimed)
+            except DatabaseError:
+                logger.exception("%s: housekeeping failed", self.name)
+            await asyncio.sleep(MASTERS_EVERY_S)
+
+    async def refresh_lanes(self) -> None:
+        """Keep one lane per sendable master, rebuilt when its gateway or rate changes."""
+        masters = await self.on(self.record_thread, load_sendable_masters)
+        for master_id, config, rate in masters:
+            lane = self.lanes.get(master_id)
+            if lane is None or lane.gateway.config != config or lane.limiter.rate != rate:
+                self.lanes[master_id] = Lane(
+                    gateway_for(config, self.http, timeout=self.timeout_s),
+                    RateLimiter(rate),
+                    asyncio.Semaphore(settings.QUEUE["per_master_concurrency"]),
+                )
+
+
+def load_sendable_masters() -> list[tuple[int, Any, float]]:
+    """Return (id, gateway config, rate) for masters a claimed message may go through."""
+    masters = Master.objects.filter(is_active=True, health_status__in=outbox.SENDABLE)
+    return [(m.pk, m.gateway_config(), float(m.max_messages_per_second)) for m in masters]
+
+
+def report_to_health(outcomes: list[Outcome]) -> None:
+    """Feed send results to the health state machine (the passive signal).
+
+    Only master-side failures count; a message the gateway rejects as
+    invalid says nothing about the master. One reset per master per batch.
+    """
+    by_master: dict[int, list[Outcome]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.master_id is None or not outcome.blame_master:
+            continue
+        if outcome.sent or outcome.retryable:
+            by_master[outcome.master_id].append(outcome)
+    masters = Master.objects.in_bulk(by_master)
+    for master_id, results in by_master.items():
+        master = masters.get(master_id)
+        if master is None:
+            continue
+        for outcome in results:
+            if not outcome.sent:
+                master.record_send_result(False, outcome.error)
+        if results[-1].sent:
+            master.record_send_result(True)
+
+
+def _with_fresh_connection(function: Callable, *args: Any) -> Any:
+    close_old_connections()
+    return function(*args)

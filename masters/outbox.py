@@ -1,0 +1,241 @@
+"""The dispatcher's database side: claim, route, record, sweep.
+
+Every function here is one short transaction and safe with any number of
+dispatchers at once: claims take rows with ``SELECT … FOR UPDATE SKIP
+LOCKED`` on PostgreSQL (on SQLite the write lock taken at BEGIN serialises
+claimers instead), and results are recorded only while the claim is still
+ours (same lease owner, same epoch): a claim that expired and moved on is
+never overwritten by a late writer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from masters.choices import HealthStatus, MessageStatus
+from masters.models import Master, Message
+
+# A degraded master finishes what it already holds; only healthy ones get new work.
+SENDABLE = (HealthStatus.HEALTHY, HealthStatus.DEGRADED)
+ROUTABLE = tuple(HealthStatus.ROUTABLE)
+PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a dispatcher needs to send one claimed message."""
+
+    id: int
+    to: str
+    text: str
+    region: str
+    master_id: int | None
+    epoch: int
+    attempts: int
+    idempotency_key: str
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one send ended; ``retryable`` only matters when ``error`` is set."""
+
+    message_id: int
+    epoch: int
+    master_id: int | None
+    gateway_message_id: str = ""
+    error: str = ""
+    retryable: bool = True
+    # False for the dispatcher's own reasons not to send (a short lease): they
+    # say nothing about the master's health.
+    blame_master: bool = True
+
+    @property
+    def sent(self) -> bool:
+        return not self.error
+
+
+def claim(owner: str, limit: int, lease: timedelta) -> list[Claimed]:
+    """Claim up to ``limit`` due messages whose master can send (or that have none yet)."""
+    now = timezone.now()
+    sendable = Master.objects.filter(is_active=True, health_status__in=SENDABLE).values("pk")
+    due = (
+        Message.objects.filter(status__in=PENDING, next_attempt_at__lte=now)
+        .filter(Q(master__isnull=True) | Q(master__in=sendable))
+        .order_by("priority", "next_attempt_at", "id")
+    )
+    with transaction.atomic():
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True, of=("self",))
+        ids = list(due.values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        expires = now + lease
+        Message.objects.filter(pk__in=ids).update(
+            status=MessageStatus.SENDING,
+            lease_owner=owner,
+            lease_expires_at=expires,
+            attempts=F("attempts") + 1,
+            updated_at=now,
+        )
+        rows = Message.objects.filter(pk__in=ids).values_list(
+            "id", "to", "text", "region", "master_id", "epoch", "attempts", "idempotency_key"
+        )
+        return [
+            Claimed(
+                id_,
+                to,
+                text,
+                region,
+                master_id,
+                epoch,
+                attempts,
+                key or f"ha-portal-{id_}",
+                expires,
+            )
+            for id_, to, text, region, master_id, epoch, attempts, key in rows
+        ]
+
+
+def assign(owner: str, assignments: dict[int, int]) -> set[int]:
+    """Record the master chosen for each claimed message before it is sent.
+
+    Returns the ids still ours whose master is still routable: the router's
+    snapshot may be a moment old, and a master that left rotation since then
+    gets no new message. The others go back to the queue to be routed again.
+    """
+    if not assignments:
+        return set()
+    routable = set(
+        Master.objects.filter(
+            pk__in=set(assignments.values()), is_active=True, health_status__in=ROUTABLE
+        ).values_list("pk", flat=True)
+    )
+    with transaction.atomic():
+        rows = list(
+            Message.objects.select_for_update()
+            .filter(pk__in=assignments, lease_owner=owner, status=MessageStatus.SENDING)
+            .only("pk", "master")
+        )
+        kept = [row for row in rows if assignments[row.pk] in routable]
+        for row in kept:
+            row.master_id = assignments[row.pk]
+        Message.objects.bulk_update(kept, ["master"])
+    stale = [row.pk for row in rows if assignments[row.pk] not in routable]
+    if stale:
+        release(owner, stale, timedelta(0), "re-routing: the chosen master left rotation")
+    return {row.pk for row in kept}
+
+
+def release(owner: str, ids: list[int], delay: timedelta, reason: str) -> None:
+    """Give claimed messages back unsent (no routable master): they wait, uncounted."""
+    Message.objects.filter(pk__in=ids, lease_owner=owner, status=MessageStatus.SENDING).update(
+        status=MessageStatus.QUEUED,
+        lease_owner="",
+        lease_expires_at=None,
+        attempts=F("attempts") - 1,
+        next_attempt_at=timezone.now() + delay,
+        last_error=reason,
+        updated_at=timezone.now(),
+    )
+
+
+def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outcome]:
+    """Write send results for claims still ours; return the outcomes that were written."""
+    if not outcomes:
+        return []
+    now = timezone.now()
+    by_id = {outcome.message_id: outcome for outcome in outcomes}
+    with transaction.atomic():
+        rows = list(
+            Message.objects.select_for_update()
+            .filter(pk__in=by_id, lease_owner=owner, status=MessageStatus.SENDING)
+            .only("pk", "epoch", "attempts", "expires_at")
+        )
+        written = []
+        for row in rows:
+            outcome = by_id[row.pk]
+            if row.epoch != outcome.epoch:
+                continue  # moved by a failover while we sent: not ours to write
+            _apply(row, outcome, now, max_attempts)
+            written.append(outcome)
+        Message.objects.bulk_update(rows, RESULT_FIELDS)
+    return written
+
+
+RESULT_FIELDS = [
+    "status",
+    "master",
+    "gateway_message_id",
+    "last_error",
+    "sent_at",
+    "next_attempt_at",
+    "lease_owner",
+    "lease_expires_at",
+    "updated_at",
+]
+
+
+def _apply(row: Message, outcome: Outcome, now: datetime, max_attempts: int) -> None:
+    row.master_id = outcome.master_id
+    row.lease_owner, row.lease_expires_at, row.updated_at = "", None, now
+    if outcome.sent:
+        row.status, row.sent_at = MessageStatus.SENT, now
+        row.gateway_message_id, row.last_error = outcome.gateway_message_id, ""
+    elif not outcome.retryable:
+        row.status, row.last_error = MessageStatus.DEAD, f"rejected: {outcome.error}"
+    elif row.attempts >= max_attempts:
+        row.status = MessageStatus.DEAD
+        row.last_error = f"gave up after {row.attempts} attempts: {outcome.error}"
+    elif row.expires_at is not None and row.expires_at <= now:
+        row.status = MessageStatus.EXPIRED
+        row.last_error = f"expired while retrying: {outcome.error}"
+    else:
+        row.status, row.last_error = MessageStatus.RETRYING, outcome.error
+        row.next_attempt_at = now + backoff(row.attempts)
+
+
+def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
+    """Exponential backoff with full jitter, capped (attempt 1 waits up to the base)."""
+    base = settings.QUEUE["retry_base_ms"]
+    cap = settings.QUEUE["retry_max_ms"]
+    ceiling = min(cap, base * 2 ** max(0, attempts - 1))
+    # Full jitter keeps retries of a burst from arriving together; never less than half.
+    millis = (rng or random).uniform(ceiling / 2, ceiling)
+    return timedelta(milliseconds=millis)
+
+
+def expire_overdue() -> int:
+    """Expire pending messages past their TTL: late is worse than never for a bot."""
+    now = timezone.now()
+    return Message.objects.filter(status__in=PENDING, expires_at__lte=now).update(
+        status=MessageStatus.EXPIRED,
+        last_error="expired before it could be sent",
+        updated_at=now,
+    )
+
+
+def reclaim_expired_leases() -> int:
+    """Return messages whose dispatcher died mid-send to the queue, under a new epoch.
+
+    The master stays assigned (a failover moves it if that master failed); the
+    epoch bump fences the old claim. The idempotency key makes a resend of a
+    message the dead dispatcher did deliver arrive once where the gateway honours it.
+    """
+    now = timezone.now()
+    return Message.objects.filter(status=MessageStatus.SENDING, lease_expires_at__lt=now).update(
+        status=MessageStatus.RETRYING,
+        lease_owner="",
+        lease_expires_at=None,
+        epoch=F("epoch") + 1,
+        next_attempt_at=now,
+        last_error="reclaimed: the dispatcher's lease expired mid-send",
+        updated_at=now,
+    )
