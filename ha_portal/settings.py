@@ -113,7 +113,11 @@ BALANCING = {
     "slow_start_s": env_int("SLOW_START", 60, minimum=0),
     "slow_start_min_share": 0.1,
     "snapshot_max_age_ms": env_int("ROUTING_SNAPSHOT_MS", 1000, minimum=0),
+    # A master more than this many points above its target share has its
+    # affinities released (round-robin and priority strategies only).
+    "rebalance_drift_pct": env_int("REBALANCE_DRIFT_PCT", 25, minimum=1, maximum=100),
 }
+LOAD_METRICS_INTERVAL_S = env_int("LOAD_METRICS_INTERVAL", 10, minimum=1)
 
 # --- Django -------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class EventKind(models.TextChoices):
     GATEWAY_WEBHOOK = "master.gateway_webhook", "Gateway reported a status"
     MAINTENANCE_STARTED = "master.maintenance_started", "Maintenance started"
     MAINTENANCE_ENDED = "master.maintenance_ended", "Maintenance ended"
+    REBALANCED = "load.rebalanced", "Load rebalanced"
     ALL_DOWN = "masters.all_down", "All masters down"
     SOME_UP = "masters.some_up", "A master answers again"
     PROBER_ACQUIRED = "prober.acquired", "Prober took the lease"

@@ -36,6 +36,7 @@ from ha_portal.lib.http import HttpClient
 from masters.choices import EventKind, HealthStatus, Severity
 from masters.gateways import Gateway, gateway_for
 from masters.health import Observation, Thresholds
+from masters.load import record_load_metrics
 from masters.models import Event, HealthCheck, Master, ProberLease, RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class Prober:
                 asyncio.create_task(self.lease_loop(stopping)),
                 asyncio.create_task(self.schedule_loop(stopping)),
                 asyncio.create_task(self.flush_loop(stopping)),
+                asyncio.create_task(self.load_metrics_loop(stopping)),
             ]
             await stopping.wait()
             for task in tasks:
@@ -282,6 +284,17 @@ class Prober:
             else max(target.due + self.timing.interval_s, self.clock())
         )
         heapq.heappush(self.heap, target)
+
+    async def load_metrics_loop(self, stopping: asyncio.Event) -> None:
+        """Roll up load per master at a fixed interval: the elected prober is the one writer."""
+        while not stopping.is_set():
+            await asyncio.sleep(settings.LOAD_METRICS_INTERVAL_S)
+            if not self.leader:
+                continue
+            try:
+                await self.db(record_load_metrics)
+            except DatabaseError:
+                logger.exception("prober %s: load metrics failed", self.name)
 
     async def flush_loop(self, stopping: asyncio.Event) -> None:
         """Write results as they come: a batch is whatever arrived during the last write."""

@@ -34,6 +34,9 @@ class NewMessage:
         """Hash what the sender asked for, so a reused key with another body is caught."""
         fields = asdict(self)
         fields.pop("idempotency_key")
+        # Leaving the TTL out and sending the default are the same request.
+        if fields["ttl_seconds"] is None:
+            fields["ttl_seconds"] = settings.QUEUE["default_ttl_s"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

@@ -22,7 +22,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from masters.choices import HealthStatus
-from masters.models import HealthCheck, HealthRollup
+from masters.models import HealthCheck, HealthRollup, LoadMetric
 
 BUCKET = timedelta(hours=1)
 BUCKET_SECONDS = int(BUCKET.total_seconds())
@@ -142,3 +142,10 @@ def _merge(start: datetime, end: datetime, groups: list[dict]) -> None:
         rollup.response_ms_max = max(maxima, default=None)
     HealthRollup.objects.bulk_create(new)
     HealthRollup.objects.bulk_update(changed, [*COUNTERS, "response_ms_sum", "response_ms_max"])
+
+
+def prune_load_metrics(now: datetime | None = None) -> int:
+    """Delete load metrics older than the raw retention window (they are 10-second samples)."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH["retention_days"])
+    deleted, _ = LoadMetric.objects.filter(recorded_at__lt=cutoff).delete()
+    return deleted

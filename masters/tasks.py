@@ -25,6 +25,9 @@ def roll_up_health_checks() -> retention.RollupResult:
         result.raw_deleted,
         result.rollups_deleted,
     )
+    pruned = retention.prune_load_metrics()
+    if pruned:
+        logger.info("load metrics: %d samples past retention deleted", pruned)
     return result
 
 

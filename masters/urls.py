@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from masters import webhooks
 
@@ -11,4 +11,5 @@ app_name = "masters"
 urlpatterns = [
     path("hooks/waha/<slug:external_id>", webhooks.waha_hook, name="waha-hook"),
     path("hooks/evolution/<slug:external_id>", webhooks.evolution_hook, name="evolution-hook"),
+    path("api/v1/", include("masters.api.urls")),
 ]

@@ -49,3 +49,10 @@ def test_a_batch_is_written_in_order_and_repeats_inside_it_are_one_message():
     assert [r.created for r in results] == [True, True, False]
     assert results[0].message.pk == results[2].message.pk
     assert Message.objects.count() == 2
+
+
+def test_leaving_the_ttl_out_is_the_same_request_as_sending_the_default(settings):
+    default = settings.QUEUE["default_ttl_s"]
+    first = enqueue(NewMessage("+971505760056", "hi", idempotency_key="ttl"))
+    again = enqueue(NewMessage("+971505760056", "hi", idempotency_key="ttl", ttl_seconds=default))
+    assert again.message.pk == first.message.pk and not again.created
