@@ -30,8 +30,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Measures against the simulator on its own database (BENCH_DATABASE_URL, default
+# ha_bench on the local PostgreSQL); writes docs/BENCHMARKS.md. BENCH_ARGS="--only detection --quick".
 bench: install
-	$(BIN)/python -m bench
+	HA_DEV=1 $(BIN)/python manage.py ha_bench $(BENCH_ARGS)
 
 # Regenerates requirements.lock from pyproject.toml with pip-tools.
 lock: install
