@@ -94,6 +94,56 @@ def test_it_serves_the_login_page_with_the_demo_and_stops_everything_on_ctrl_c(t
     assert "linda-master, omar-master, sara-master" in output
 
 
+def api(port: int, token: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_a_message_posted_to_the_api_reaches_the_simulator(tmp_path):
+    process, port, simulator_port = start_run(tmp_path)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/login/", process)
+        token = subprocess.run(
+            [sys.executable, "manage.py", "create_api_token", "e2e"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ
+            | {"HA_DEV": "1", "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}"},
+        ).stdout.strip()
+        accepted = api(
+            port,
+            token,
+            "messages",
+            {"to": "+971501234567", "text": "end to end", "idempotency_key": "e2e-1"},
+        )
+        assert accepted["status"] == "queued"
+
+        def sent() -> dict | None:
+            message = api(port, token, f"messages/{accepted['id']}")
+            return message if message["status"] == "sent" else None
+
+        deadline = time.monotonic() + 30
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = sent()
+            time.sleep(0.2)  # the prober must first find a master healthy
+        assert message is not None, "the message was not sent within 30 s"
+        log = json.loads(wait_for(f"http://127.0.0.1:{simulator_port}/_sim/messages", process))
+        assert [(m["text"], m["id"]) for m in log] == [
+            ("end to end", message["gateway_message_id"])
+        ]
+    finally:
+        stop(process)
+
+
 def test_bots_config_imports_that_file_and_starts_no_simulator(tmp_path):
     config = tmp_path / "bots-config.json"
     config.write_text(
