@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 # 2-second timeout and a 5-second interval keep about 400 in flight.
 MAX_IN_FLIGHT = 1000
 TICK_S = 0.05
+# Adds at most this much to the time a failure takes to reach the database.
+FLUSH_EVERY_S = 0.1
 
 
 def node_name() -> str:
@@ -124,7 +126,11 @@ def write_results(
         Master.objects.bulk_update(masters.values(), Master.HEALTH_FIELDS)
         HealthCheck.objects.bulk_create(checks)
         Event.objects.bulk_create(events)
-        update_all_down()
+        # "All down" can only start with a failure and only end with a success
+        # while it holds: skip the check when neither can have happened.
+        failures = any(obs.status != HealthStatus.HEALTHY for _, obs in results)
+        if failures or ProberLease.failover_on_hold():
+            update_all_down()
     for event in events:
         logger.info("%s", event.message)
     return {master.pk: master.health_status for master in masters.values()}
@@ -203,12 +209,15 @@ class Prober:
 
     async def lease_loop(self, stopping: asyncio.Event) -> None:
         """Renew the lease (or wait for it) and refresh the list of masters."""
+        next_refresh = 0.0
         while not stopping.is_set():
             try:
                 self.timing = await self.db(Timing.current)
                 leader = await self.db(ProberLease.claim, self.name, self.timing.lease_ttl)
-                if leader:
+                # The master list is re-read once an interval, not at every renewal.
+                if leader and (not self.leader or self.clock() >= next_refresh):
                     await self.refresh_targets()
+                    next_refresh = self.clock() + self.timing.interval_s
                 else:
                     await self.db(
                         ProberLease.report_stall, timedelta(seconds=self.timing.interval_s)
@@ -239,13 +248,13 @@ class Prober:
         for master_id, config, status in rows:
             seen.add(master_id)
             target = self.targets.get(master_id)
-            gateway = gateway_for(config, self.http, timeout=self.timing.timeout_s)
             if target is None:
+                gateway = gateway_for(config, self.http, timeout=self.timing.timeout_s)
                 target = Target(now + random.uniform(0, interval), master_id, gateway, status)
                 self.targets[master_id] = target
                 heapq.heappush(self.heap, target)
-            elif target.gateway.config != config:
-                target.gateway = gateway
+            elif (target.gateway.config, target.gateway.timeout) != (config, self.timing.timeout_s):
+                target.gateway = gateway_for(config, self.http, timeout=self.timing.timeout_s)
         for master_id in set(self.targets) - seen:
             self.targets.pop(master_id).generation = -1  # a stale heap entry
 
@@ -297,10 +306,13 @@ class Prober:
                 logger.exception("prober %s: load metrics failed", self.name)
 
     async def flush_loop(self, stopping: asyncio.Event) -> None:
-        """Write results as they come: a batch is whatever arrived during the last write."""
+        """Write results in batches: whatever arrived during the last write, at most
+        FLUSH_EVERY_S apart, so 1,000 masters cost a few transactions a second, not 200."""
         while not stopping.is_set():
             await self.results_ready.wait()
+            started = self.clock()
             await self.flush()
+            await asyncio.sleep(max(0.0, FLUSH_EVERY_S - (self.clock() - started)))
 
     async def flush(self) -> None:
         self.results_ready.clear()
