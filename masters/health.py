@@ -66,7 +66,8 @@ def next_health(
 ) -> HealthState:
     """Return the state after one probe result; ``is_flapping`` is asked only when rising."""
     if result == HealthStatus.HEALTHY:
-        successes = state.successes + 1
+        # Counted only as far as any rule looks, so a steady master's row stops changing.
+        successes = min(state.successes + 1, max(thresholds.rise, thresholds.flap_rise))
         return HealthState(_risen(state, successes, thresholds, is_flapping), 0, successes)
     failures = state.failures + 1
     return HealthState(_fallen(state.status, failures, thresholds), failures, 0)

@@ -106,6 +106,7 @@ def write_results(
             return None
         ids = {master_id for master_id, _ in results}
         masters = Master.objects.select_for_update().in_bulk(ids)
+        before = {pk: _state_of(master) for pk, master in masters.items()}
         checks, events = [], []
         for master_id, observation in results:
             master = masters.get(master_id)
@@ -123,7 +124,15 @@ def write_results(
             event = master.observe(observation, thresholds)
             if event is not None:
                 events.append(event)
-        Master.objects.bulk_update(masters.values(), Master.HEALTH_FIELDS)
+        changed = [m for pk, m in masters.items() if _state_of(m) != before[pk]]
+        steady = [pk for pk, m in masters.items() if _state_of(m) == before[pk]]
+        Master.objects.bulk_update(changed, Master.HEALTH_FIELDS)
+        if steady:
+            # Most probes change nothing but the time: one statement for all of
+            # them (their latency is in the HealthCheck rows).
+            at = max(observation.at for _, observation in results)
+            Master.objects.filter(pk__in=steady).update(last_check_at=at)
+            Master.objects.filter(pk__in=steady, consecutive_failures=0).update(last_success_at=at)
         HealthCheck.objects.bulk_create(checks)
         Event.objects.bulk_create(events)
         # "All down" can only start with a failure and only end with a success
@@ -134,6 +143,16 @@ def write_results(
     for event in events:
         logger.info("%s", event.message)
     return {master.pk: master.health_status for master in masters.values()}
+
+
+def _state_of(master: Master) -> tuple:
+    """What makes a master's row worth a full write: anything but the check times."""
+    return (
+        master.health_status,
+        master.consecutive_failures,
+        master.consecutive_successes,
+        master.last_error,
+    )
 
 
 def update_all_down() -> None:

@@ -1,0 +1,109 @@
+"""The benchmark report: re-running one section replaces its block and keeps the others."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitoring.bench.report import HEADER, RunInfo, Section, render_section, replace_section
+
+DOCUMENT = """\
+# Benchmarks
+
+Intro a human wrote.
+
+<!-- bench:detection -->
+## Health detection (issue 3)
+old detection figures
+<!-- /bench:detection -->
+
+<!-- bench:throughput -->
+## Throughput
+throughput figures
+<!-- /bench:throughput -->
+
+A closing note.
+"""
+
+
+def test_it_replaces_only_the_named_section():
+    updated = replace_section(DOCUMENT, "detection", "## Health detection (issue 3)\nnew figures\n")
+
+    assert "new figures" in updated
+    assert "old detection figures" not in updated
+    assert updated == DOCUMENT.replace("old detection figures", "new figures")
+
+
+def test_it_keeps_every_other_section_and_the_text_around_them_byte_for_byte():
+    updated = replace_section(DOCUMENT, "throughput", "## Throughput\nfaster\n")
+
+    before = DOCUMENT.split("<!-- bench:throughput -->")[0]
+    assert updated.startswith(before + "<!-- bench:throughput -->\n## Throughput\nfaster\n")
+    assert updated.endswith("<!-- /bench:throughput -->\n\nA closing note.\n")
+    assert "old detection figures" in updated
+
+
+def test_running_a_section_twice_gives_the_same_file():
+    once = replace_section(DOCUMENT, "detection", "figures")
+
+    assert replace_section(once, "detection", "figures") == once
+
+
+def test_a_new_section_is_appended_after_the_others():
+    updated = replace_section(DOCUMENT, "failover", "## Failover\nfigures\n")
+
+    assert updated.startswith(DOCUMENT.rstrip("\n"))
+    assert updated.endswith(
+        "\n\n<!-- bench:failover -->\n## Failover\nfigures\n<!-- /bench:failover -->\n"
+    )
+
+
+def test_an_empty_file_gets_the_header_then_the_section():
+    created = replace_section("", "detection", "figures")
+
+    assert created == f"{HEADER}\n<!-- bench:detection -->\nfigures\n<!-- /bench:detection -->\n"
+
+
+def test_a_section_whose_name_starts_another_is_not_confused_with_it():
+    document = replace_section(DOCUMENT, "detection-extra", "extra")
+
+    updated = replace_section(document, "detection", "new")
+
+    assert "<!-- bench:detection-extra -->\nextra\n<!-- /bench:detection-extra -->" in updated
+    assert "<!-- bench:detection -->\nnew\n<!-- /bench:detection -->" in updated
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        DOCUMENT.replace("<!-- /bench:detection -->", ""),
+        DOCUMENT + "<!-- bench:detection -->\n",
+        DOCUMENT.replace("<!-- bench:detection -->", "@@")
+        .replace("<!-- /bench:detection -->", "<!-- bench:detection -->")
+        .replace("@@", "<!-- /bench:detection -->"),
+    ],
+    ids=["end missing", "start twice", "end before start"],
+)
+def test_broken_markers_are_refused_rather_than_guessed(broken):
+    with pytest.raises(ValueError, match="markers of section 'detection' are broken"):
+        replace_section(broken, "detection", "figures")
+
+
+def test_a_rendered_section_says_when_where_and_how_it_was_measured():
+    info = RunInfo(
+        date="2026-01-05 10:00 UTC",
+        machine="2 cores (nproc), AMD EPYC, 23.5 GiB memory",
+        command="`HA_DEV=1 .venv/bin/python manage.py ha_bench --only detection`",
+        database="`postgres://postgres@127.0.0.1:5432/ha_bench` (PostgreSQL 15.20)",
+        duration="2 min 10 s",
+    )
+    section = Section("detection", "Health detection (issue 3)", "| a |\n|---|\n| 1 |", ["slow"])
+
+    text = render_section(section, info)
+
+    assert text.startswith("## Health detection (issue 3)\n")
+    assert "- Measured: 2026-01-05 10:00 UTC, in 2 min 10 s" in text
+    assert "- Machine: 2 cores (nproc), AMD EPYC" in text
+    assert "- Command: `HA_DEV=1 .venv/bin/python manage.py ha_bench --only detection`" in text
+    assert "ha_bench` (PostgreSQL 15.20)" in text
+    assert "| a |\n|---|\n| 1 |" in text
+    assert text.endswith("- slow\n")
