@@ -30,6 +30,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from ha_portal.lib.http import HttpClient
@@ -98,9 +99,16 @@ def load_targets() -> list[tuple[int, Any, str]]:
 
 
 def write_results(
-    holder: str, results: list[tuple[int, Observation]], thresholds: Thresholds
-) -> dict[int, str] | None:
-    """Write one batch of probe results; return each master's new status, None if not leader."""
+    holder: str,
+    results: list[tuple[int, Observation]],
+    thresholds: Thresholds,
+    all_down: bool = True,
+) -> tuple[dict[int, str], bool] | None:
+    """Write one batch of probe results; None if this prober no longer leads.
+
+    Returns each master's new status and whether every master is down;
+    ``all_down`` is what the previous batch returned (True when unknown).
+    """
     with transaction.atomic():
         if not ProberLease.holds(holder):
             return None
@@ -131,18 +139,23 @@ def write_results(
             # Most probes change nothing but the time: one statement for all of
             # them (their latency is in the HealthCheck rows).
             at = max(observation.at for _, observation in results)
-            Master.objects.filter(pk__in=steady).update(last_check_at=at)
-            Master.objects.filter(pk__in=steady, consecutive_failures=0).update(last_success_at=at)
+            Master.objects.filter(pk__in=steady).update(
+                last_check_at=at,
+                last_success_at=Case(
+                    When(consecutive_failures=0, then=Value(at)), default=F("last_success_at")
+                ),
+            )
         HealthCheck.objects.bulk_create(checks)
-        Event.objects.bulk_create(events)
-        # "All down" can only start with a failure and only end with a success
-        # while it holds: skip the check when neither can have happened.
+        if events:
+            Event.objects.bulk_create(events)
+        # "All down" can only start with a failure and only end while it holds:
+        # skip the check when neither can have happened.
         failures = any(obs.status != HealthStatus.HEALTHY for _, obs in results)
-        if failures or ProberLease.failover_on_hold():
-            update_all_down()
+        if failures or all_down:
+            all_down = update_all_down()
     for event in events:
         logger.info("%s", event.message)
-    return {master.pk: master.health_status for master in masters.values()}
+    return {master.pk: master.health_status for master in masters.values()}, all_down
 
 
 def _state_of(master: Master) -> tuple:
@@ -155,7 +168,7 @@ def _state_of(master: Master) -> tuple:
     )
 
 
-def update_all_down() -> None:
+def update_all_down() -> bool:
     """Record the moment every probed master fails at once, and the moment one answers.
 
     All masters failing together more likely means the prober's own network
@@ -177,6 +190,7 @@ def update_all_down() -> None:
         lease.all_down_since = None
         lease.save(update_fields=["all_down_since"])
         Event.objects.create(kind=EventKind.SOME_UP, message="A master answers again")
+    return all_down
 
 
 # --- the loop -----------------------------------------------------------------
@@ -197,6 +211,7 @@ class Prober:
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prober-db")
         self.thresholds = Thresholds.from_settings()
         self.timing: Timing | None = None
+        self.all_down = True  # unknown until the first batch says otherwise
 
     async def db(self, function: Callable, *args: Any) -> Any:
         """Run ORM work on the prober's one database thread."""
@@ -251,6 +266,7 @@ class Prober:
 
     def set_leader(self, leader: bool) -> None:
         if leader != self.leader:
+            self.all_down = True  # another prober may have changed it meanwhile
             logger.info("prober %s is %s", self.name, "probing" if leader else "standing by")
         if not leader:
             self.targets.clear()
@@ -339,14 +355,15 @@ class Prober:
         if not batch:
             return
         try:
-            statuses = await self.db(write_results, self.name, batch, self.thresholds)
+            written = await self.db(write_results, self.name, batch, self.thresholds, self.all_down)
         except DatabaseError:
             logger.exception("prober %s: could not write %d results", self.name, len(batch))
             return
-        if statuses is None:
+        if written is None:
             logger.warning("prober %s lost the lease; results discarded", self.name)
             self.set_leader(False)
             return
+        statuses, self.all_down = written
         for master_id, status in statuses.items():
             if master_id in self.targets:
                 self.targets[master_id].status = status
