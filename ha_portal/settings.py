@@ -119,6 +119,15 @@ BALANCING = {
 }
 LOAD_METRICS_INTERVAL_S = env_int("LOAD_METRICS_INTERVAL", 10, minimum=1)
 
+# Failover orchestration (issue 5).
+FAILOVER = {
+    # A master failed over takes no work back by failover for this long.
+    "hold_down_s": env_int("FAILOVER_HOLD_DOWN", 300, minimum=0),
+    # MAX_RECOVERY_ATTEMPTS failovers of one master within this window trip
+    # its circuit breaker.
+    "breaker_window_s": env_int("FAILOVER_BREAKER_WINDOW", 3600, minimum=60),
+}
+
 # --- Django -------------------------------------------------------------------
 
 INSTALLED_APPS = [

@@ -90,6 +90,14 @@ class Master(models.Model):
     send_error_streak = models.PositiveIntegerField(default=0, editable=False)
     send_ejected_until = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # Failover bookkeeping (masters.failover). A master failed over recently is
+    # held down: it takes no work back by failover until this time.
+    failover_hold_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when the orchestrator is asked to act, so the prober asks once.
+    failover_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Open circuit breaker: automatic failover stops until an operator resets it.
+    breaker_tripped_at = models.DateTimeField(null=True, blank=True, editable=False)
+
     max_messages_per_second = models.PositiveIntegerField(
         default=20, validators=[MinValueValidator(1)]
     )

@@ -39,6 +39,15 @@ class Message(models.Model):
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # The failover that last moved this message here, so a rollback moves back
+    # exactly what it moved.
+    failover = models.ForeignKey(
+        "masters.FailoverEvent",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     gateway_message_id = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -88,6 +97,13 @@ class ConversationAffinity(models.Model):
     master = models.ForeignKey(MASTER, on_delete=models.CASCADE, related_name="affinities")
     expires_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
+    failover = models.ForeignKey(
+        "masters.FailoverEvent",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
 
     class Meta:
         verbose_name_plural = "conversation affinities"

@@ -1,0 +1,363 @@
+"""Failover: a failed master's pending work moves to a backup in one transaction.
+
+``execute_failover`` is the whole move: it locks the failed master's row
+for the duration (a second failover of the same master is refused at once
+on PostgreSQL and waits its turn on SQLite; a crashed worker's lock goes
+with its connection), picks the backup (masters.backup), moves the pending
+messages (bumping their epoch, so a dispatcher holding a stale claim cannot
+record a send) and the conversation affinities, passes the routing role on,
+verifies the move (counts and a checksum of the moved ids) and records a
+FailoverEvent, all or nothing. ``rollback_failover`` undoes one, the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from masters.backup import BackupCandidate, choose_backup, gateway_host
+from masters.choices import EventKind, FailoverStatus, HealthStatus, MessageStatus, Severity
+from masters.models import ConversationAffinity, Event, FailoverEvent, Master, Message
+
+logger = logging.getLogger(__name__)
+
+PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING)
+
+
+class FailoverRefused(Exception):
+    """The failover cannot run now; the message says why."""
+
+
+class TransferMismatch(Exception):
+    """What moved is not what was selected: the transaction is rolled back."""
+
+
+@dataclass
+class Plan:
+    """What a failover would move where (the dry-run preview)."""
+
+    failed_id: int
+    backup_id: int | None
+    messages: list[int] = field(default_factory=list)
+    affinities: list[int] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def checksum(self) -> str:
+        return checksum(self.messages)
+
+
+def checksum(ids: list[int]) -> str:
+    """SHA-256 over the sorted ids: the same set gives the same sum on both sides."""
+    return hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
+
+
+def movable_messages(master_id: int, now: datetime):
+    """Pending messages of a master, and claimed ones whose lease ran out unsent."""
+    return Message.objects.filter(master_id=master_id).filter(
+        Q(status__in=PENDING) | Q(status=MessageStatus.SENDING, lease_expires_at__lt=now)
+    )
+
+
+def candidate_for(master: Master, sending: dict[int, float]) -> BackupCandidate:
+    return BackupCandidate(
+        id=master.pk,
+        name=master.display_name,
+        failover_priority=master.failover_priority,
+        region=master.region,
+        is_active=master.is_active,
+        health_status=master.health_status,
+        gateway_host=gateway_host(master.gateway_url),
+        rate_per_s=float(master.max_messages_per_second),
+        current_rate_per_s=sending.get(master.pk, 0.0),
+        held_down_until=master.failover_hold_until,
+    )
+
+
+def plan_failover(failed: Master, backup_id: int | None = None, now=None) -> Plan:
+    """Choose the backup and list what would move (reads only)."""
+    now = now or timezone.now()
+    recent = (
+        Message.objects.filter(sent_at__gte=now - timezone.timedelta(seconds=10))
+        .values("master")
+        .annotate(sent=Count("pk"))
+    )
+    sending = {row["master"]: row["sent"] / 10 for row in recent}
+    others = [
+        candidate_for(m, sending)
+        for m in Master.objects.exclude(pk=failed.pk)
+        if backup_id is None or m.pk == backup_id
+    ]
+    choice = choose_backup(candidate_for(failed, sending), others, now=now)
+    return Plan(
+        failed.pk,
+        choice.backup_id,
+        list(movable_messages(failed.pk, now).values_list("pk", flat=True)),
+        list(ConversationAffinity.objects.filter(master=failed).values_list("pk", flat=True)),
+        {str(key): reason for key, reason in choice.reasons.items()},
+    )
+
+
+def execute_failover(
+    failed_id: int,
+    *,
+    reason: str,
+    backup_id: int | None = None,
+    actor=None,
+) -> FailoverEvent:
+    """Move a master's pending work to a backup, atomically; return the recorded event.
+
+    Raises FailoverRefused when another failover of the master runs. A
+    transfer whose verification fails is rolled back and recorded as such.
+    """
+    started = time.monotonic()
+    started_at = timezone.now()
+    chosen: list[int | None] = [backup_id]
+    try:
+        with transaction.atomic():
+            failed = _lock(failed_id)
+            if actor is None and _failed_over_since_it_failed(failed):
+                raise FailoverRefused(f"{failed.display_name} was already failed over")
+            plan = plan_failover(failed, backup_id, started_at)
+            chosen[0] = plan.backup_id
+            if plan.backup_id is None:
+                return _no_backup(failed, plan, reason, actor, started_at)
+            backup = Master.objects.select_for_update().get(pk=plan.backup_id)
+            event = FailoverEvent.objects.create(
+                failed_master=failed,
+                backup_master=backup,
+                reason=reason,
+                automatic=actor is None,
+                initiated_by=actor,
+                started_at=started_at,
+                detail={
+                    "reasons": plan.reasons,
+                    "roles": {"failed": failed.role, "backup": backup.role},
+                },
+            )
+            _transfer(plan, event, started_at)
+            _pass_role(failed, backup)
+            failed.failover_hold_until = started_at + timezone.timedelta(
+                seconds=settings.FAILOVER["hold_down_s"]
+            )
+            failed.save(update_fields=["failover_hold_until", "role"])
+            _finish(event, started)
+            _record_events(event, failed, backup, actor)
+            return event
+    except TransferMismatch as mismatch:
+        return _record_rolled_back(failed_id, chosen[0], reason, actor, started_at, mismatch)
+
+
+def _lock(master_id: int) -> Master:
+    """Lock the failed master's row for the whole failover (nowait where supported)."""
+    try:
+        return Master.objects.select_for_update(nowait=_nowait()).get(pk=master_id)
+    except OperationalError as error:
+        raise FailoverRefused(f"a failover of master {master_id} is already running") from error
+
+
+def _failed_over_since_it_failed(master: Master) -> bool:
+    """Say whether a failover of this master completed after its last health change."""
+    return FailoverEvent.objects.filter(
+        failed_master=master,
+        status=FailoverStatus.COMPLETED,
+        started_at__gte=master.health_changed_at or timezone.now(),
+    ).exists()
+
+
+def _nowait() -> bool:
+    return connection.features.has_select_for_update_nowait
+
+
+def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
+    """Move messages and affinities; verify both before the transaction commits."""
+    moved = Message.objects.filter(pk__in=plan.messages, master_id=plan.failed_id).update(
+        master_id=plan.backup_id,
+        failover=event,
+        epoch=F("epoch") + 1,
+        status=MessageStatus.RETRYING,
+        lease_owner="",
+        lease_expires_at=None,
+        next_attempt_at=now,
+        updated_at=now,
+    )
+    landed = list(
+        Message.objects.filter(
+            pk__in=plan.messages, master_id=plan.backup_id, failover=event
+        ).values_list("pk", flat=True)
+    )
+    if moved != len(plan.messages) or checksum(landed) != plan.checksum:
+        raise TransferMismatch(
+            f"selected {len(plan.messages)} messages, moved {moved}, "
+            f"checksum {checksum(landed)[:12]} != {plan.checksum[:12]}"
+        )
+    affinities = ConversationAffinity.objects.filter(
+        pk__in=plan.affinities, master_id=plan.failed_id
+    ).update(master_id=plan.backup_id, failover=event)
+    if affinities != len(plan.affinities):
+        raise TransferMismatch(f"selected {len(plan.affinities)} affinities, moved {affinities}")
+    event.moved_messages, event.moved_affinities = moved, affinities
+    event.checksum = plan.checksum
+
+
+def _pass_role(failed: Master, backup: Master) -> None:
+    """The backup takes the failed master's routing role (a primary stays a primary)."""
+    failed.role, backup.role = backup.role, failed.role
+    backup.save(update_fields=["role"])
+
+
+def _finish(event: FailoverEvent, started: float) -> None:
+    event.status = FailoverStatus.COMPLETED
+    event.finished_at = timezone.now()
+    event.duration_ms = (time.monotonic() - started) * 1000
+    event.save()
+
+
+def _record_events(event: FailoverEvent, failed: Master, backup: Master, actor) -> None:
+    how = "automatically" if actor is None else f"by {actor}"
+    Event.objects.create(
+        kind=EventKind.FAILOVER_STARTED,
+        severity=Severity.CRITICAL,
+        master=failed,
+        actor=actor,
+        message=f"Failover of {failed.display_name} to {backup.display_name} initiated {how}",
+        data={"failover": event.pk, "backup": backup.pk, "reason": event.reason},
+    )
+    Event.objects.create(
+        kind=EventKind.FAILOVER_COMPLETED,
+        master=failed,
+        actor=actor,
+        message=f"Failover of {failed.display_name} to {backup.display_name} complete: "
+        f"{event.moved_messages} messages and {event.moved_affinities} conversations moved "
+        f"in {event.duration_ms:.0f} ms",
+        data={"failover": event.pk, "backup": backup.pk, "moved": event.moved_messages},
+    )
+
+
+def _no_backup(failed: Master, plan: Plan, reason: str, actor, started_at) -> FailoverEvent:
+    event = FailoverEvent.objects.create(
+        failed_master=failed,
+        reason=reason,
+        status=FailoverStatus.FAILED,
+        automatic=actor is None,
+        initiated_by=actor,
+        started_at=started_at,
+        finished_at=timezone.now(),
+        detail={"reasons": plan.reasons, "error": "no healthy backup"},
+    )
+    Event.objects.create(
+        kind=EventKind.NO_BACKUP,
+        severity=Severity.CRITICAL,
+        master=failed,
+        message=f"No backup for {failed.display_name}: {len(plan.messages)} messages wait "
+        "in the queue until a master recovers",
+        data={"failover": event.pk, "reasons": plan.reasons},
+    )
+    return event
+
+
+def _record_rolled_back(failed_id, backup_id, reason, actor, started_at, error) -> FailoverEvent:
+    logger.error("failover of master %s rolled back: %s", failed_id, error)
+    with transaction.atomic():
+        event = FailoverEvent.objects.create(
+            failed_master_id=failed_id,
+            backup_master_id=backup_id,
+            reason=reason,
+            status=FailoverStatus.ROLLED_BACK,
+            automatic=actor is None,
+            initiated_by=actor,
+            started_at=started_at,
+            finished_at=timezone.now(),
+            detail={"error": str(error)},
+        )
+        Event.objects.create(
+            kind=EventKind.FAILOVER_FAILED,
+            severity=Severity.CRITICAL,
+            master_id=failed_id,
+            message=f"Failover rolled back, nothing moved: {error}",
+            data={"failover": event.pk},
+        )
+    return event
+
+
+def rollback_failover(event_id: int, actor=None) -> FailoverEvent:
+    """Move back what a failover moved and is still pending on the backup, atomically."""
+    with transaction.atomic():
+        original = FailoverEvent.objects.select_for_update().get(pk=event_id)
+        if original.status != FailoverStatus.COMPLETED:
+            raise FailoverRefused(f"failover {event_id} is {original.status}: nothing to roll back")
+        failed = _lock(original.failed_master_id)
+        now = timezone.now()
+        messages = Message.objects.filter(
+            failover=original, master_id=original.backup_master_id
+        ).filter(Q(status__in=PENDING) | Q(status=MessageStatus.SENDING, lease_expires_at__lt=now))
+        moved = messages.update(
+            master_id=failed.pk,
+            epoch=F("epoch") + 1,
+            status=MessageStatus.RETRYING,
+            lease_owner="",
+            lease_expires_at=None,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+        affinities = ConversationAffinity.objects.filter(
+            failover=original, master_id=original.backup_master_id
+        ).update(master_id=failed.pk, failover=None)
+        backup = Master.objects.select_for_update().get(pk=original.backup_master_id)
+        roles = original.detail.get("roles", {})
+        failed.role = roles.get("failed", failed.role)
+        backup.role = roles.get("backup", backup.role)
+        failed.failover_hold_until = None
+        failed.save(update_fields=["role", "failover_hold_until"])
+        backup.save(update_fields=["role"])
+        original.status = FailoverStatus.ROLLED_BACK
+        original.detail = original.detail | {
+            "rolled_back": {
+                "messages": moved,
+                "affinities": affinities,
+                "at": now.isoformat(),
+                "by": str(actor) if actor else "automatic",
+            }
+        }
+        original.save(update_fields=["status", "detail"])
+        Event.objects.create(
+            kind=EventKind.FAILOVER_ROLLED_BACK,
+            severity=Severity.WARNING,
+            master=failed,
+            actor=actor,
+            message=f"Failover {event_id} rolled back: {moved} messages and {affinities} "
+            f"conversations back on {failed.display_name}",
+            data={"failover": event_id, "messages": moved, "affinities": affinities},
+        )
+        return original
+
+
+def due_for_failover(now=None) -> list[int]:
+    """Masters failed longer than FAILOVER_TIMEOUT with no failover asked for since."""
+    from masters.models import ProberLease, RuntimeSettings
+
+    runtime = RuntimeSettings.current()
+    if not runtime.failover_enabled or ProberLease.failover_on_hold():
+        return []
+    now = now or timezone.now()
+    cutoff = now - timezone.timedelta(milliseconds=runtime.failover_timeout_ms)
+    return list(
+        Master.objects.filter(
+            health_status=HealthStatus.FAILED,
+            health_changed_at__lte=cutoff,
+            breaker_tripped_at__isnull=True,
+        )
+        .filter(
+            Q(failover_requested_at__isnull=True)
+            | Q(failover_requested_at__lt=F("health_changed_at"))
+        )
+        .values_list("pk", flat=True)
+    )

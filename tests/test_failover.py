@@ -1,0 +1,257 @@
+"""Failover: a failed master's pending work moves to a backup atomically, or not at all."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from masters import outbox
+from masters.choices import EventKind, FailoverStatus, HealthStatus, MessageStatus, Role
+from masters.failover import (
+    FailoverRefused,
+    due_for_failover,
+    execute_failover,
+    plan_failover,
+    rollback_failover,
+)
+from masters.models import ConversationAffinity, Event, FailoverEvent, Master, Message
+from tests.conftest import make_master
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def trio():
+    """A failed primary and two healthy backups, on different gateway hosts."""
+    a = make_master(
+        "a",
+        "+971505760056",
+        role=Role.PRIMARY,
+        failover_priority=1,
+        health_status=HealthStatus.FAILED,
+        gateway_url="http://127.0.0.1:3001",
+        region="UAE",
+    )
+    b = make_master(
+        "b",
+        "+971505760057",
+        role=Role.SECONDARY,
+        failover_priority=2,
+        gateway_url="http://127.0.0.1:3002",
+        region="UAE",
+    )
+    c = make_master(
+        "c",
+        "+966501234567",
+        role=Role.TERTIARY,
+        failover_priority=3,
+        gateway_url="http://127.0.0.1:3003",
+        region="KSA",
+    )
+    Master.objects.filter(pk=a.pk).update(health_changed_at=timezone.now() - timedelta(minutes=1))
+    return a, b, c
+
+
+def add(master, status, count=1, **fields):
+    now = timezone.now()
+    return [
+        Message.objects.create(
+            to="+971501234567",
+            text="x",
+            body_hash="-",
+            master=master,
+            status=status,
+            next_attempt_at=now,
+            **fields,
+        )
+        for _ in range(count)
+    ]
+
+
+def snapshot():
+    return (
+        sorted(Message.objects.values_list("pk", "master_id", "status", "epoch")),
+        sorted(ConversationAffinity.objects.values_list("pk", "master_id")),
+        sorted(Master.objects.values_list("pk", "role")),
+    )
+
+
+def test_it_moves_pending_messages_and_affinities_to_the_backup(trio):
+    a, b, c = trio
+    past = timezone.now() - timedelta(seconds=5)
+    future = timezone.now() + timedelta(seconds=30)
+    pending = add(a, MessageStatus.QUEUED, 3) + add(a, MessageStatus.RETRYING, 2)
+    orphaned = add(a, MessageStatus.SENDING, lease_expires_at=past, lease_owner="dead")
+    in_flight = add(a, MessageStatus.SENDING, lease_expires_at=future, lease_owner="alive")
+    sent = add(a, MessageStatus.SENT)
+    for contact in ("+971501111111", "+971502222222"):
+        ConversationAffinity.objects.create(contact=contact, master=a, expires_at=future)
+
+    event = execute_failover(a.pk, reason="master failed")
+
+    assert event.status == FailoverStatus.COMPLETED and event.backup_master_id == b.pk
+    assert (event.moved_messages, event.moved_affinities) == (6, 2)
+    moved = Message.objects.filter(pk__in=[m.pk for m in pending + orphaned])
+    assert set(moved.values_list("master_id", "status", "epoch")) == {
+        (b.pk, MessageStatus.RETRYING, 1)
+    }
+    assert Message.objects.get(pk=in_flight[0].pk).master_id == a.pk, "a live claim stays"
+    assert Message.objects.get(pk=sent[0].pk).master_id == a.pk
+    assert set(ConversationAffinity.objects.values_list("master_id", flat=True)) == {b.pk}
+    a.refresh_from_db(), b.refresh_from_db()
+    assert (a.role, b.role) == (Role.SECONDARY, Role.PRIMARY), "the primary role passes on"
+    assert a.failover_hold_until > timezone.now()
+    assert event.checksum and event.duration_ms is not None
+    assert "c" in str(event.detail["reasons"]) or str(c.pk) in event.detail["reasons"]
+    kinds = list(Event.objects.order_by("pk").values_list("kind", "severity"))
+    assert kinds == [
+        (EventKind.FAILOVER_STARTED, "critical"),
+        (EventKind.FAILOVER_COMPLETED, "info"),
+    ]
+
+
+def test_the_dry_run_shows_what_would_move_and_changes_nothing(trio):
+    a, b, _ = trio
+    add(a, MessageStatus.QUEUED, 4)
+    before = snapshot()
+    plan = plan_failover(a)
+    assert (plan.backup_id, len(plan.messages)) == (b.pk, 4)
+    assert snapshot() == before and not FailoverEvent.objects.exists()
+
+
+def test_with_no_healthy_backup_nothing_moves_and_it_says_so(trio):
+    a, b, c = trio
+    Master.objects.filter(pk__in=[b.pk, c.pk]).update(health_status=HealthStatus.FAILED)
+    add(a, MessageStatus.QUEUED, 2)
+    before = snapshot()
+    event = execute_failover(a.pk, reason="master failed")
+    assert event.status == FailoverStatus.FAILED and event.backup_master is None
+    assert snapshot() == before
+    assert Event.objects.get(kind=EventKind.NO_BACKUP).severity == "critical"
+
+
+def skip_updates_of(message_id: int) -> str:
+    """Make the database silently skip updates of one row: a fault in the transfer."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE FUNCTION skip_row() RETURNS trigger AS $$ BEGIN RETURN NULL; END $$ "
+                "LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER skip_one BEFORE UPDATE ON masters_message FOR EACH ROW "
+                f"WHEN (OLD.id = {message_id}) EXECUTE FUNCTION skip_row()"
+            )
+        return "DROP TRIGGER skip_one ON masters_message; DROP FUNCTION skip_row()"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TRIGGER skip_one BEFORE UPDATE ON masters_message "
+            f"WHEN OLD.id = {message_id} BEGIN SELECT RAISE(IGNORE); END"
+        )
+    return "DROP TRIGGER skip_one"
+
+
+def test_a_transfer_that_fails_verification_is_rolled_back_and_recorded(trio):
+    a, _, _ = trio
+    messages = add(a, MessageStatus.QUEUED, 5)
+    ConversationAffinity.objects.create(
+        contact="+971501111111", master=a, expires_at=timezone.now() + timedelta(hours=1)
+    )
+    before = snapshot()
+    cleanup = skip_updates_of(messages[2].pk)
+    try:
+        event = execute_failover(a.pk, reason="master failed")
+    finally:
+        with connection.cursor() as cursor:
+            for statement in cleanup.split("; "):
+                cursor.execute(statement)
+    assert event.status == FailoverStatus.ROLLED_BACK
+    assert "selected 5 messages, moved 4" in event.detail["error"]
+    assert snapshot() == before, "nothing half-moved"
+    assert Event.objects.filter(kind=EventKind.FAILOVER_FAILED).count() == 1
+    assert not Event.objects.filter(kind=EventKind.FAILOVER_COMPLETED).exists()
+
+
+def test_rollback_moves_back_what_is_still_pending_and_restores_roles(trio):
+    a, b, _ = trio
+    messages = add(a, MessageStatus.QUEUED, 3)
+    ConversationAffinity.objects.create(
+        contact="+971501111111", master=a, expires_at=timezone.now() + timedelta(hours=1)
+    )
+    event = execute_failover(a.pk, reason="master failed")
+    Message.objects.filter(pk=messages[0].pk).update(status=MessageStatus.SENT)  # went out
+
+    rolled = rollback_failover(event.pk)
+
+    assert rolled.status == FailoverStatus.ROLLED_BACK
+    assert rolled.detail["rolled_back"]["messages"] == 2
+    assert Message.objects.get(pk=messages[0].pk).master_id == b.pk, "sent stays sent"
+    assert set(
+        Message.objects.filter(pk__in=[m.pk for m in messages[1:]]).values_list(
+            "master_id", flat=True
+        )
+    ) == {a.pk}
+    assert ConversationAffinity.objects.get().master_id == a.pk
+    assert dict(Master.objects.values_list("pk", "role"))[a.pk] == Role.PRIMARY
+    with pytest.raises(FailoverRefused):
+        rollback_failover(event.pk)
+
+
+def test_a_dispatcher_holding_a_stale_claim_cannot_record_after_the_move(trio):
+    a, b, _ = trio
+    [message] = add(a, MessageStatus.QUEUED)
+    Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.DEGRADED)
+    [claimed] = outbox.claim("old", 10, timedelta(seconds=30))
+    Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.FAILED)
+    Message.objects.filter(pk=message.pk).update(lease_expires_at=timezone.now())
+    execute_failover(a.pk, reason="master failed")
+
+    late = outbox.Outcome(claimed.id, claimed.epoch, a.pk, gateway_message_id="late")
+    assert outbox.record("old", [late], 10) == []
+    assert Message.objects.get(pk=message.pk).status == MessageStatus.RETRYING
+
+
+def test_only_masters_failed_past_the_grace_period_are_due(trio, settings):
+    a, b, _ = trio
+    from masters.models import RuntimeSettings
+
+    runtime = RuntimeSettings.current()
+    runtime.failover_timeout_ms = 30_000
+    runtime.save()
+    assert due_for_failover() == [a.pk]
+    Master.objects.filter(pk=b.pk).update(
+        health_status=HealthStatus.FAILED, health_changed_at=timezone.now()
+    )
+    assert due_for_failover() == [a.pk], "b is still inside its grace period"
+    runtime.failover_enabled = False
+    runtime.save()
+    assert due_for_failover() == []
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_two_orchestrators_racing_on_one_master_fail_it_over_once(trio):
+    a, _, _ = trio
+    add(a, MessageStatus.QUEUED, 50)
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(execute_failover(a.pk, reason="race"))
+        except FailoverRefused as refused:
+            outcomes.append(refused)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=race) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert FailoverEvent.objects.filter(status=FailoverStatus.COMPLETED).count() == 1
+    assert Message.objects.filter(epoch=1).count() == 50, "each message moved exactly once"
