@@ -202,7 +202,7 @@ def test_rollback_moves_back_what_is_still_pending_and_restores_roles(trio):
 
 
 def test_a_dispatcher_holding_a_stale_claim_cannot_record_after_the_move(trio):
-    a, b, _ = trio
+    a, _, _ = trio
     [message] = add(a, MessageStatus.QUEUED)
     Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.DEGRADED)
     [claimed] = outbox.claim("old", 10, timedelta(seconds=30))
