@@ -113,6 +113,8 @@ class EventKind(models.TextChoices):
     FAILOVER_ROLLED_BACK = "failover.rolled_back", "Failover rolled back"
     FAILOVER_SKIPPED = "failover.skipped", "Failover not needed"
     NO_BACKUP = "failover.no_backup", "No backup master left"
+    BREAKER_TRIPPED = "failover.breaker_tripped", "Circuit breaker open"
+    BREAKER_RESET = "failover.breaker_reset", "Circuit breaker reset"
     ALL_DOWN = "masters.all_down", "All masters down"
     SOME_UP = "masters.some_up", "A master answers again"
     PROBER_ACQUIRED = "prober.acquired", "Prober took the lease"

@@ -17,11 +17,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from masters.backup import BackupCandidate, choose_backup, gateway_host
 from masters.choices import EventKind, FailoverStatus, HealthStatus, MessageStatus, Severity
@@ -75,7 +77,7 @@ def candidate_for(master: Master, sending: dict[int, float]) -> BackupCandidate:
         region=master.region,
         is_active=master.is_active,
         health_status=master.health_status,
-        gateway_host=gateway_host(master.gateway_url),
+        gateway_host=gateway_host(master.gateway_config().url),
         rate_per_s=float(master.max_messages_per_second),
         current_rate_per_s=sending.get(master.pk, 0.0),
         held_down_until=master.failover_hold_until,
@@ -361,3 +363,77 @@ def due_for_failover(now=None) -> list[int]:
         )
         .values_list("pk", flat=True)
     )
+
+
+def request_failovers(now=None) -> list[int]:
+    """Ask django-q2 to fail over every master that is due; each is asked once per failure."""
+    due = due_for_failover(now)
+    if not due:
+        return []
+    with transaction.atomic():
+        Master.objects.filter(pk__in=due).update(failover_requested_at=timezone.now())
+        for master_id in due:
+            transaction.on_commit(partial(async_task, "masters.tasks.consider_failover", master_id))
+    return due
+
+
+def consider_failover(master_id: int) -> FailoverEvent | None:
+    """Fail a master over if it is still failed, its breaker closed and failover on."""
+    from masters.models import RuntimeSettings
+
+    master = Master.objects.get(pk=master_id)
+    runtime = RuntimeSettings.current()
+    if master.health_status != HealthStatus.FAILED:
+        Event.objects.create(
+            kind=EventKind.FAILOVER_SKIPPED,
+            master=master,
+            message=f"{master.display_name} recovered before its failover: nothing moved",
+        )
+        return None
+    if not runtime.failover_enabled or master.breaker_tripped_at is not None:
+        return None
+    if trip_breaker_if_needed(master, runtime.max_recovery_attempts):
+        return None
+    seconds = runtime.failover_timeout_ms / 1000
+    try:
+        return execute_failover(
+            master_id, reason=f"failed for over {seconds:g}s: {master.last_error}"
+        )
+    except FailoverRefused as refused:
+        logger.info("failover of master %s not run: %s", master_id, refused)
+        return None
+
+
+def trip_breaker_if_needed(master: Master, limit: int) -> bool:
+    """Open the breaker after ``limit`` failovers within the window: a human must look."""
+    since = timezone.now() - timezone.timedelta(seconds=settings.FAILOVER["breaker_window_s"])
+    recent = FailoverEvent.objects.filter(failed_master=master, started_at__gte=since).count()
+    if limit == 0 or recent < limit:
+        return False
+    with transaction.atomic():
+        Master.objects.filter(pk=master.pk).update(breaker_tripped_at=timezone.now())
+        Event.objects.create(
+            kind=EventKind.BREAKER_TRIPPED,
+            severity=Severity.CRITICAL,
+            master=master,
+            message=f"Circuit breaker open for {master.display_name}: {recent} failovers in "
+            f"{settings.FAILOVER['breaker_window_s'] // 60} min; automatic failover stopped "
+            "until an operator resets it",
+            data={"failovers": recent},
+        )
+    return True
+
+
+def reset_breaker(master_id: int, actor=None) -> None:
+    """Close a tripped breaker (an operator acknowledged it)."""
+    with transaction.atomic():
+        reset = Master.objects.filter(pk=master_id, breaker_tripped_at__isnull=False).update(
+            breaker_tripped_at=None
+        )
+        if reset:
+            Event.objects.create(
+                kind=EventKind.BREAKER_RESET,
+                master_id=master_id,
+                actor=actor,
+                message="Circuit breaker reset: automatic failover resumes",
+            )

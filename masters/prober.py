@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from ha_portal.lib.http import HttpClient
 from masters.choices import EventKind, HealthStatus, Severity
+from masters.failover import request_failovers
 from masters.gateways import Gateway, gateway_for
 from masters.health import Observation, Thresholds
 from masters.load import record_load_metrics
@@ -229,6 +230,7 @@ class Prober:
                 asyncio.create_task(self.schedule_loop(stopping)),
                 asyncio.create_task(self.flush_loop(stopping)),
                 asyncio.create_task(self.load_metrics_loop(stopping)),
+                asyncio.create_task(self.failover_loop(stopping)),
             ]
             await stopping.wait()
             for task in tasks:
@@ -339,6 +341,24 @@ class Prober:
                 await self.db(record_load_metrics)
             except DatabaseError:
                 logger.exception("prober %s: load metrics failed", self.name)
+
+    async def failover_loop(self, stopping: asyncio.Event) -> None:
+        """Once a second, hand masters failed past their grace period to the orchestrator.
+
+        django-q2's scheduler looks only every 30 s; the prober already wakes
+        often and is the one elected process, so it asks (once per failure).
+        """
+        while not stopping.is_set():
+            await asyncio.sleep(1.0)
+            if not self.leader:
+                continue
+            try:
+                due = await self.db(request_failovers)
+            except DatabaseError:
+                logger.exception("prober %s: failover check failed", self.name)
+                continue
+            if due:
+                logger.info("prober %s: failover requested for masters %s", self.name, due)
 
     async def flush_loop(self, stopping: asyncio.Event) -> None:
         """Write results in batches: whatever arrived during the last write, at most

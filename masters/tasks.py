@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from masters import retention
+from masters import failover, retention
 from masters.models import Event, ProberLease, RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -42,3 +42,10 @@ def check_prober() -> Event | None:
     if event is not None:
         logger.warning("%s", event.message)
     return event
+
+
+def consider_failover(master_id: int) -> None:
+    """Fail a master over once its grace period ran out (enqueued by the prober)."""
+    event = failover.consider_failover(master_id)
+    if event is not None:
+        logger.info("failover %s of master %s: %s", event.pk, master_id, event.status)

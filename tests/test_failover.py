@@ -255,3 +255,63 @@ def test_two_orchestrators_racing_on_one_master_fail_it_over_once(trio):
         thread.join(30)
     assert FailoverEvent.objects.filter(status=FailoverStatus.COMPLETED).count() == 1
     assert Message.objects.filter(epoch=1).count() == 50, "each message moved exactly once"
+
+
+def test_the_orchestrator_fails_over_a_master_past_its_grace_through_django_q2(trio, monkeypatch):
+    from django_q.conf import Conf
+
+    from masters.failover import request_failovers
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # django-q2 runs the task inline
+    a, b, _ = trio
+    add(a, MessageStatus.QUEUED, 2)
+    assert request_failovers() == [a.pk]
+    event = FailoverEvent.objects.get()
+    assert (event.status, event.backup_master_id, event.moved_messages) == (
+        FailoverStatus.COMPLETED,
+        b.pk,
+        2,
+    )
+    assert request_failovers() == [], "asked once per failure"
+
+
+def test_a_master_that_recovered_in_its_grace_period_moves_nothing(trio):
+    from masters.failover import consider_failover
+
+    a, _, _ = trio
+    add(a, MessageStatus.QUEUED, 2)
+    Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.HEALTHY)
+    assert consider_failover(a.pk) is None
+    assert not FailoverEvent.objects.exists()
+    assert Event.objects.get(kind=EventKind.FAILOVER_SKIPPED).master_id == a.pk
+
+
+def test_the_circuit_breaker_trips_after_too_many_failovers_and_resets(trio):
+    from masters.failover import consider_failover, reset_breaker
+    from masters.models import RuntimeSettings
+
+    a, b, _ = trio
+    runtime = RuntimeSettings.current()
+    runtime.max_recovery_attempts = 2
+    runtime.save()
+    for _ in range(2):
+        FailoverEvent.objects.create(
+            failed_master=a,
+            backup_master=b,
+            reason="earlier",
+            status=FailoverStatus.COMPLETED,
+            started_at=timezone.now(),
+        )
+    add(a, MessageStatus.QUEUED)
+
+    assert consider_failover(a.pk) is None
+    a.refresh_from_db()
+    assert a.breaker_tripped_at is not None
+    assert Event.objects.get(kind=EventKind.BREAKER_TRIPPED).severity == "critical"
+    assert Message.objects.get().master_id == a.pk, "nothing moved while the breaker is open"
+    assert a.pk not in due_for_failover()
+
+    reset_breaker(a.pk)
+    a.refresh_from_db()
+    assert a.breaker_tripped_at is None
+    assert Event.objects.filter(kind=EventKind.BREAKER_RESET).count() == 1
