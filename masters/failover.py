@@ -180,7 +180,11 @@ def _nowait() -> bool:
 
 
 def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
-    """Move messages and affinities; verify both before the transaction commits."""
+    """Move messages and affinities; verify both before the transaction commits.
+
+    With no backup the messages go back to the queue unassigned: the
+    dispatcher sends them through whichever master recovers first.
+    """
     moved = Message.objects.filter(pk__in=plan.messages, master_id=plan.failed_id).update(
         master_id=plan.backup_id,
         failover=event,
@@ -203,10 +207,16 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
         )
     affinities = ConversationAffinity.objects.filter(
         pk__in=plan.affinities, master_id=plan.failed_id
-    ).update(master_id=plan.backup_id, failover=event)
-    if affinities != len(plan.affinities):
-        raise TransferMismatch(f"selected {len(plan.affinities)} affinities, moved {affinities}")
-    event.moved_messages, event.moved_affinities = moved, affinities
+    )
+    if plan.backup_id is None:
+        moved_affinities, _ = affinities.delete()  # the contacts are routed afresh
+    else:
+        moved_affinities = affinities.update(master_id=plan.backup_id, failover=event)
+    if moved_affinities != len(plan.affinities):
+        raise TransferMismatch(
+            f"selected {len(plan.affinities)} affinities, moved {moved_affinities}"
+        )
+    event.moved_messages, event.moved_affinities = moved, moved_affinities
     event.checksum = plan.checksum
 
 
@@ -245,22 +255,24 @@ def _record_events(event: FailoverEvent, failed: Master, backup: Master, actor) 
 
 
 def _no_backup(failed: Master, plan: Plan, reason: str, actor, started_at) -> FailoverEvent:
+    """No master can take the work: give it back to the queue and raise the alarm."""
     event = FailoverEvent.objects.create(
         failed_master=failed,
         reason=reason,
-        status=FailoverStatus.FAILED,
         automatic=actor is None,
         initiated_by=actor,
         started_at=started_at,
-        finished_at=timezone.now(),
         detail={"reasons": plan.reasons, "error": "no healthy backup"},
     )
+    _transfer(plan, event, started_at)
+    event.status, event.finished_at = FailoverStatus.FAILED, timezone.now()
+    event.save()
     Event.objects.create(
         kind=EventKind.NO_BACKUP,
         severity=Severity.CRITICAL,
         master=failed,
-        message=f"No backup for {failed.display_name}: {len(plan.messages)} messages wait "
-        "in the queue until a master recovers",
+        message=f"No backup for {failed.display_name}: {event.moved_messages} messages wait "
+        "in the queue and go out through the first master that recovers",
         data={"failover": event.pk, "reasons": plan.reasons},
     )
     return event

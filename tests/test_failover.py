@@ -123,14 +123,20 @@ def test_the_dry_run_shows_what_would_move_and_changes_nothing(trio):
     assert snapshot() == before and not FailoverEvent.objects.exists()
 
 
-def test_with_no_healthy_backup_nothing_moves_and_it_says_so(trio):
+def test_with_no_healthy_backup_the_work_waits_in_the_queue_and_it_says_so(trio):
     a, b, c = trio
     Master.objects.filter(pk__in=[b.pk, c.pk]).update(health_status=HealthStatus.FAILED)
-    add(a, MessageStatus.QUEUED, 2)
-    before = snapshot()
+    messages = add(a, MessageStatus.QUEUED, 2)
+    ConversationAffinity.objects.create(
+        contact="+971501111111", master=a, expires_at=timezone.now() + timedelta(hours=1)
+    )
     event = execute_failover(a.pk, reason="master failed")
     assert event.status == FailoverStatus.FAILED and event.backup_master is None
-    assert snapshot() == before
+    assert event.moved_messages == 2
+    assert set(
+        Message.objects.filter(pk__in=[m.pk for m in messages]).values_list("master_id", "status")
+    ) == {(None, MessageStatus.RETRYING)}
+    assert not ConversationAffinity.objects.exists()
     assert Event.objects.get(kind=EventKind.NO_BACKUP).severity == "critical"
 
 
