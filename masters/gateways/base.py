@@ -10,6 +10,9 @@ three kinds cannot drift apart. docs/GATEWAYS.md holds the full state table.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json as jsonlib
 import logging
 import re
 from abc import ABC, abstractmethod
@@ -36,6 +39,14 @@ E164_DIGITS = re.compile(r"[1-9]\d{6,14}")
 # message: another attempt, possibly through another master, can succeed.
 RETRYABLE_HTTP_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
+# The QR code images the portal accepts, by the bytes each format starts with.
+# The master's page shows the image inline, so anything else (SVG can carry
+# script) is refused rather than passed on to the browser.
+IMAGE_SIGNATURES = {
+    "image/png": b"\x89PNG\r\n\x1a\n",
+    "image/jpeg": b"\xff\xd8\xff",
+}
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -58,6 +69,27 @@ class HealthResult:
     latency_ms: float | None
     detail: str
     gateway_state: str = ""
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """What one restart attempt achieved, in words for the attempt's record."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class QrCode:
+    """An image of the QR code that re-links a logged-out session to its phone."""
+
+    mimetype: str
+    data: bytes = field(repr=False)
+
+    @property
+    def data_uri(self) -> str:
+        """Return the image as a ``data:`` URI for an ``<img src>``."""
+        return f"data:{self.mimetype};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
 class GatewayError(Exception):
@@ -101,6 +133,12 @@ class Gateway(ABC):
     session_noun: ClassVar[str] = "session"
     # Why a state is not healthy, in words that tell the operator what to do.
     state_hints: ClassVar[Mapping[str, str]] = {}
+    # Whether the gateway can restart the session itself (see restart()).
+    supports_restart: ClassVar[bool] = False
+    # Raw states a restart cannot fix: the phone must be linked again.
+    relink_states: ClassVar[frozenset[str]] = frozenset()
+    # Whether the gateway serves the QR code that re-links a session (see qr_code()).
+    supports_qr: ClassVar[bool] = False
 
     def __init__(self, config: GatewayConfig, http: HttpClient, timeout: float = 4.0) -> None:
         self.config = config
@@ -155,6 +193,54 @@ class Gateway(ABC):
             # The message may or may not have gone; the idempotency key makes a retry safe.
             raise GatewayError(
                 f"malformed reply: {error}", retryable=True, http_status=response.status
+            ) from error
+
+    async def restart(self) -> RestartResult:
+        """Ask the gateway to restart the session; report every problem as not ok.
+
+        Like health(), it never raises for gateway or transport trouble: the
+        recovery loop records each attempt's outcome and backs off. An ok
+        restart only means the gateway accepted it; the next probes say
+        whether the session came back.
+        """
+        if not self.supports_restart:
+            return RestartResult(False, f"{self.label} has no restart")
+        try:
+            response = await self.exchange("POST", self.restart_url(), headers=self.auth_headers())
+        except GatewayError as error:
+            return RestartResult(False, f"restart failed: {error.detail}")
+        if not response.ok:
+            detail = self.describe_http_failure(response, reply_json(response))
+            return RestartResult(False, f"restart failed: {detail}")
+        detail = f"{self.label} restarted {self.session_noun} {self.config.session!r}"
+        state = self.read_restart(reply_json(response))
+        return RestartResult(True, f"{detail} (state {state})" if state else detail)
+
+    @classmethod
+    def needs_relink(cls, result: HealthResult) -> bool:
+        """Say whether a probe found the session logged out, so only re-linking helps.
+
+        The recovery loop raises a 're-link' alert for these instead of
+        restarting in a loop: a restart cannot log a phone back in.
+        """
+        return result.gateway_state in cls.relink_states
+
+    async def qr_code(self) -> QrCode | None:
+        """Fetch the QR code that re-links the session; None when this kind has none.
+
+        Raises GatewayError when the gateway has one but cannot give it now,
+        e.g. because the session is not waiting for a scan; the detail says why.
+        """
+        if not self.supports_qr:
+            return None
+        response = await self.exchange("GET", self.qr_url(), headers=self.qr_headers())
+        if not response.ok:
+            raise self.send_error(response)
+        try:
+            return read_qr_image(response.body)
+        except MalformedReply as error:
+            raise GatewayError(
+                f"malformed QR code reply: {error}", retryable=True, http_status=response.status
             ) from error
 
     async def exchange(
@@ -215,6 +301,22 @@ class Gateway(ABC):
     def default_url(self) -> str:
         """Return the base URL to use when the config leaves it blank."""
         return ""
+
+    def restart_url(self) -> str:
+        """Return the URL a restart POSTs to; kinds with ``supports_restart`` override it."""
+        raise NotImplementedError(f"{self.label} has no restart")
+
+    def read_restart(self, payload: Any) -> str:
+        """Return the session state a 2xx restart reply names, or "" when it names none."""
+        return ""
+
+    def qr_url(self) -> str:
+        """Return the URL the QR code is fetched from; kinds with ``supports_qr`` override it."""
+        raise NotImplementedError(f"{self.label} serves no QR code")
+
+    def qr_headers(self) -> dict[str, str]:
+        """Return the headers of a QR code request."""
+        return self.auth_headers()
 
     @abstractmethod
     def auth_headers(self) -> dict[str, str]:
@@ -280,6 +382,38 @@ def text_at(payload: Any, *path: str | int) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedReply(f"{dotted(path)} is not a non-empty string")
     return value
+
+
+def read_qr_image(body: bytes) -> QrCode:
+    """Read a QR code reply: the image itself, or JSON ``{"mimetype", "data": base64}``.
+
+    Raise MalformedReply for anything that is not a PNG or JPEG image.
+    """
+    if body.lstrip().startswith(b"{"):
+        try:
+            payload = jsonlib.loads(body)
+        except ValueError:
+            raise MalformedReply("body is neither an image nor JSON") from None
+        mimetype = text_at(payload, "mimetype")
+        try:
+            data = base64.b64decode(text_at(payload, "data"), validate=True)
+        except binascii.Error:
+            raise MalformedReply("data is not base64") from None
+        return checked_image(mimetype, data)
+    mimetype = next((kind for kind, sig in IMAGE_SIGNATURES.items() if body.startswith(sig)), "")
+    if not mimetype:
+        raise MalformedReply(f"body is not a PNG or JPEG image ({len(body)} bytes)")
+    return QrCode(mimetype, body)
+
+
+def checked_image(mimetype: str, data: bytes) -> QrCode:
+    """Return the image if its bytes are the PNG or JPEG its mimetype says, else raise."""
+    signature = IMAGE_SIGNATURES.get(mimetype)
+    if signature is None:
+        raise MalformedReply(f"mimetype {mimetype!r} is not image/png or image/jpeg")
+    if not data.startswith(signature):
+        raise MalformedReply(f"data is not a valid {mimetype} image")
+    return QrCode(mimetype, data)
 
 
 def reply_json(response: HttpResponse) -> Any:

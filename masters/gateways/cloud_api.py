@@ -50,6 +50,9 @@ class CloudApiGateway(Gateway):
     label = "Cloud API"
     session_noun = "phone number id"
     state_table = STATE_TABLE
+    # Meta runs the session: there is nothing to restart and no phone to re-link.
+    supports_restart = False
+    supports_qr = False
 
     def default_url(self) -> str:
         return DEFAULT_URL

@@ -23,12 +23,18 @@ STATE_HINTS = {
 }
 
 
+# WhatsApp refused the login: only scanning a new QR code on the phone helps.
+RELINK_STATES = frozenset({"refused"})
+
+
 class EvolutionGateway(Gateway):
     kind = GatewayKind.EVOLUTION
     label = "Evolution"
     session_noun = "instance"
     state_table = STATE_TABLE
     state_hints = STATE_HINTS
+    supports_restart = True
+    relink_states = RELINK_STATES
 
     def auth_headers(self) -> dict[str, str]:
         return {"apikey": self.config.api_key} if self.config.api_key else {}
@@ -48,3 +54,13 @@ class EvolutionGateway(Gateway):
 
     def read_message_id(self, payload: Any) -> str:
         return text_at(payload, "key", "id")
+
+    def restart_url(self) -> str:
+        # Evolution v2 takes POST; some v1 releases took PUT on the same path.
+        return f"{self.base_url}/instance/restart/{self.session_in_path}"
+
+    def read_restart(self, payload: Any) -> str:
+        # v2 answers with the connection state, as GET /instance/connectionState does.
+        instance = payload.get("instance") if isinstance(payload, dict) else None
+        state = instance.get("state") if isinstance(instance, dict) else None
+        return state if isinstance(state, str) else ""

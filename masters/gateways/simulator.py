@@ -4,23 +4,30 @@ The demo (`make run`), the tests and the benchmarks drive it over real HTTP, so
 it keeps everything in memory, never touches the disk per request, and serves a
 few thousand requests per second. Each session has a mode (working, failed,
 hang, slow, flap, ...) switched by unauthenticated `/_sim/` control endpoints:
-bind it to 127.0.0.1 only. See docs/SIMULATOR.md.
+bind it to 127.0.0.1 only. It also answers WAHA's restart and QR code requests,
+so recovery can be shown and tested: a crashed session that a restart fixes,
+and a logged-out one that only re-linking (scanning the QR code) fixes.
+See docs/SIMULATOR.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import json
 import logging
 import re
 import secrets
+import struct
 import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -32,6 +39,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DEFAULT_DELAY_MS = 2000
 DEFAULT_PERIOD_MS = 3000
+# How long a restarted session reports STARTING before it is WORKING again.
+DEFAULT_RESTART_MS = 1000
 # Slow handlers still sleeping after this long are cancelled at shutdown.
 SHUTDOWN_TIMEOUT = 1.0
 # Benchmarks open many connections at once; the default backlog (128) drops some.
@@ -52,6 +61,8 @@ class Mode(StrEnum):
     SLOW = "slow"
     FLAP = "flap"
     BROKEN_SENDS = "broken_sends"
+    # Set by a restart, never by a control: STARTING for restart_ms, then working.
+    RESTARTING = "restarting"
 
 
 # The WAHA session status each mode reports. Hang has none (it never answers);
@@ -65,14 +76,19 @@ STATUS_BY_MODE: dict[Mode, str | None] = {
     Mode.HANG: None,
     Mode.SLOW: "WORKING",
     Mode.BROKEN_SENDS: "WORKING",
+    Mode.RESTARTING: "STARTING",
 }
 
 # The verbs of POST /_sim/sessions/{session}/{action} and the mode each sets.
 ACTIONS: dict[str, Mode] = {
     "fail": Mode.FAILED,
+    # The session crashed; a restart fixes it (so does fail: they are one mode).
+    "crash": Mode.FAILED,
     "stop": Mode.STOPPED,
     "starting": Mode.STARTING,
     "scan_qr": Mode.SCAN_QR,
+    # The phone logged the session out; only re-linking (link) fixes it, not a restart.
+    "logout": Mode.SCAN_QR,
     "hang": Mode.HANG,
     "slow": Mode.SLOW,
     "flap": Mode.FLAP,
@@ -96,7 +112,12 @@ class Session:
     mode: Mode = Mode.WORKING
     delay_ms: int = DEFAULT_DELAY_MS
     period_ms: int = DEFAULT_PERIOD_MS
+    restart_ms: int = DEFAULT_RESTART_MS
     mode_since: float = 0.0
+    # Restart requests received, answered or refused; recovery tests count attempts.
+    restarts: int = 0
+    # False makes every restart answer 500: a gateway whose restart is broken.
+    restartable: bool = True
     # Requests held by hang right now; tests wait on it instead of sleeping.
     waiting: int = 0
     # Set when the session leaves hang; a fresh one is made when it re-enters.
@@ -117,6 +138,11 @@ def flap_status(started_at: float, period_ms: int, now: float) -> str:
     """Return FAILED in the first period after flapping began, WORKING in the next, and so on."""
     periods = int((now - started_at) * 1000 // period_ms)
     return "FAILED" if periods % 2 == 0 else "WORKING"
+
+
+def restart_done(restarted_at: float, restart_ms: int, now: float) -> bool:
+    """Say whether a session restarted at ``restarted_at`` has finished starting."""
+    return (now - restarted_at) * 1000 >= restart_ms
 
 
 def phone_digits(session: str) -> str:
@@ -158,7 +184,13 @@ class SimulatorState:
         return session
 
     def set_mode(
-        self, name: str, mode: Mode, *, delay_ms: int | None = None, period_ms: int | None = None
+        self,
+        name: str,
+        mode: Mode,
+        *,
+        delay_ms: int | None = None,
+        period_ms: int | None = None,
+        restart_ms: int | None = None,
     ) -> Session:
         """Switch a session's mode, releasing requests held by hang when it leaves hang."""
         session = self.get(name)
@@ -170,16 +202,53 @@ class SimulatorState:
             session.delay_ms = delay_ms
         if period_ms is not None:
             session.period_ms = period_ms
+        if restart_ms is not None:
+            session.restart_ms = restart_ms
         if mode is not Mode.HANG:
             session.release.set()
         logger.info("Simulator session %s is now %s", name, mode)
         return session
 
     def status(self, session: Session) -> str | None:
-        """Return the WAHA status the session reports now (None while it hangs)."""
+        """Return the WAHA status the session reports now (None while it hangs).
+
+        A restarted session that has finished starting becomes working here,
+        on the first look after restart_ms, so the clock alone drives it.
+        """
         if session.mode is Mode.FLAP:
             return flap_status(session.mode_since, session.period_ms, self.clock())
+        if session.mode is Mode.RESTARTING and restart_done(
+            session.mode_since, session.restart_ms, self.clock()
+        ):
+            session.mode = Mode.WORKING
+            session.mode_since += session.restart_ms / 1000
+            logger.info("Simulator session %s is working again after its restart", session.name)
         return STATUS_BY_MODE[session.mode]
+
+    def restart(self, session: Session) -> None:
+        """Restart a session as WAHA would: STARTING, then WORKING, unless it is logged out.
+
+        A logged-out session (scan_qr) comes back still waiting for its QR
+        code; an unrestartable one refuses with 500. Both still count.
+        """
+        session.restarts += 1
+        if not session.restartable:
+            raise Reject(500, "Internal server error: the simulator was told to refuse restarts")
+        if session.mode is Mode.SCAN_QR:
+            logger.info("Simulator session %s restarted but still needs re-linking", session.name)
+            return
+        self.set_mode(session.name, Mode.RESTARTING)
+
+    def link(self, session: Session) -> None:
+        """Play an operator scanning the QR code: a session waiting for it is working again."""
+        status = self.status(session)
+        if session.mode is not Mode.SCAN_QR:
+            raise Reject(409, f"session is not waiting for a QR scan (status {status})")
+        self.set_mode(session.name, Mode.WORKING)
+
+    def set_restartable(self, session: Session, restartable: bool) -> None:
+        """Make the session's restarts succeed or answer 500 from now on."""
+        session.restartable = restartable
 
     def accept(
         self, session: str, chat_id: str, text: str, key: str | None
@@ -221,13 +290,18 @@ class SimulatorState:
 
     def describe(self, session: Session) -> dict[str, Any]:
         """Return the session's state as the control endpoints show it."""
+        # First: a restarted session that has finished starting turns working here.
+        status = self.status(session)
         return {
             "name": session.name,
             "mode": str(session.mode),
-            "status": self.status(session),
+            "status": status,
             "delay_ms": session.delay_ms,
             "period_ms": session.period_ms,
             "waiting": session.waiting,
+            "restart_ms": session.restart_ms,
+            "restarts": session.restarts,
+            "restartable": session.restartable,
         }
 
 
@@ -253,22 +327,119 @@ async def hold(state: SimulatorState, session: Session) -> None:
         await asyncio.sleep(session.delay_ms / 1000)
 
 
+def session_info(state: SimulatorState, session: Session) -> dict[str, Any]:
+    """Return the session as WAHA describes it in GET /api/sessions/{session}."""
+    status = state.status(session)
+    # Real WAHA only knows who it is logged in as while WORKING.
+    me = {"id": f"{phone_digits(session.name)}@c.us", "pushName": session.name}
+    return {
+        "name": session.name,
+        "status": status,
+        "config": {},
+        "me": me if status == "WORKING" else None,
+    }
+
+
 async def session_status(request: web.Request) -> web.Response:
     """Answer WAHA's GET /api/sessions/{session}."""
     state = request.app[STATE]
     session = state.get(request.match_info["session"])
     await hold(state, session)
+    return web.json_response(session_info(state, session))
+
+
+async def restart_session(request: web.Request) -> web.Response:
+    """Answer WAHA's POST /api/sessions/{session}/restart with the session, now STARTING."""
+    state = request.app[STATE]
+    session = state.get(request.match_info["session"])
+    await hold(state, session)
+    state.restart(session)
+    return web.json_response(session_info(state, session), status=201)
+
+
+async def auth_qr(request: web.Request) -> web.Response:
+    """Answer WAHA's GET /api/{session}/auth/qr: the image, JSON base64, or ?format=raw."""
+    state = request.app[STATE]
+    session = state.get(request.match_info["session"])
+    await hold(state, session)
     status = state.status(session)
-    # Real WAHA only knows who it is logged in as while WORKING.
-    me = {"id": f"{phone_digits(session.name)}@c.us", "pushName": session.name}
-    return web.json_response(
-        {
-            "name": session.name,
-            "status": status,
-            "config": {},
-            "me": me if status == "WORKING" else None,
-        }
+    if status != "SCAN_QR_CODE":
+        raise Reject(422, f"session is not waiting for a QR scan (status {status})")
+    value = qr_value(session.name)
+    if request.query.get("format") == "raw":
+        return web.json_response({"value": value})
+    png = qr_png(value)
+    if "application/json" in request.headers.get("Accept", ""):
+        return web.json_response(
+            {"mimetype": "image/png", "data": base64.b64encode(png).decode("ascii")}
+        )
+    return web.Response(body=png, content_type="image/png")
+
+
+# --- A QR code image without a QR library ----------------------------------------------
+#
+# The portal only shows the image; nobody scans it. So it is a QR-like pattern
+# (three finder squares, the rest bits of a hash of the session) encoded as a
+# real PNG with zlib and struct, which keeps the simulator free of dependencies.
+
+QR_MODULES = 25
+QR_SCALE = 4
+QR_QUIET_ZONE = 4
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def qr_value(session: str) -> str:
+    """Return the text the session's QR code stands for (what ?format=raw gives)."""
+    return f"ha-simulator:{session}:{phone_digits(session)}"
+
+
+def qr_modules(value: str) -> list[list[bool]]:
+    """Return a QR_MODULES-square grid of dark (True) modules that looks like a QR code."""
+    seed = hashlib.sha256(value.encode()).digest() * 3  # 768 bits for 625 modules
+    bits = int.from_bytes(seed, "big")
+    size = QR_MODULES
+    grid = [[bool(bits >> (row * size + col) & 1) for col in range(size)] for row in range(size)]
+    for top, left in ((0, 0), (0, size - 7), (size - 7, 0)):
+        # Clear the finder and the one-module light border around it, then draw it.
+        for row in range(max(top - 1, 0), min(top + 8, size)):
+            for col in range(max(left - 1, 0), min(left + 8, size)):
+                grid[row][col] = False
+        for row in range(7):
+            for col in range(7):
+                grid[top + row][left + col] = max(abs(row - 3), abs(col - 3)) != 2
+    return grid
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """Return one PNG chunk: length, type, data and the CRC of type and data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_grey(rows: list[bytes]) -> bytes:
+    """Encode rows of 8-bit grey pixels (all the same length) as a PNG."""
+    header = struct.pack(">IIBBBBB", len(rows[0]), len(rows), 8, 0, 0, 0, 0)
+    pixels = b"".join(b"\x00" + row for row in rows)  # filter type 0 on every row
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            png_chunk(b"IHDR", header),
+            png_chunk(b"IDAT", zlib.compress(pixels, 9)),
+            png_chunk(b"IEND", b""),
+        )
     )
+
+
+@lru_cache(maxsize=256)
+def qr_png(value: str) -> bytes:
+    """Return a black-on-white PNG of the QR-like pattern for ``value``, with a quiet zone."""
+    blank, margin = [False] * QR_MODULES, [False] * QR_QUIET_ZONE
+    grid = [blank] * QR_QUIET_ZONE + qr_modules(value) + [blank] * QR_QUIET_ZONE
+    rows: list[bytes] = []
+    for modules in grid:
+        pixels = margin + modules + margin
+        line = bytes(0 if dark else 255 for dark in pixels for _ in range(QR_SCALE))
+        rows += [line] * QR_SCALE
+    return png_grey(rows)
 
 
 def send_problem(body: dict[str, Any]) -> str | None:
@@ -341,20 +512,34 @@ def int_param(body: dict[str, Any], name: str, default: int, low: int, high: int
     return value
 
 
+# The verbs of POST /_sim/sessions/{session}/{action} that change something else than the mode.
+OTHER_ACTIONS: dict[str, Callable[[SimulatorState, Session], None]] = {
+    "link": SimulatorState.link,
+    "unrestartable": partial(SimulatorState.set_restartable, restartable=False),
+    "restartable": partial(SimulatorState.set_restartable, restartable=True),
+}
+
+
 async def control_session(request: web.Request) -> web.Response:
-    """Switch a session's mode: POST /_sim/sessions/{session}/{action}."""
+    """Switch a session's mode or recovery behaviour: POST /_sim/sessions/{session}/{action}."""
     state = request.app[STATE]
     session = state.get(request.match_info["session"])
     action = request.match_info["action"]
     mode = ACTIONS.get(action)
-    if mode is None:
-        raise Reject(400, f"Unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    if mode is None and action not in OTHER_ACTIONS:
+        verbs = ", ".join([*ACTIONS, *OTHER_ACTIONS])
+        raise Reject(400, f"Unknown action {action!r}: use one of {verbs}")
     body = await read_json(request, optional=True)
+    if mode is None:
+        OTHER_ACTIONS[action](state, session)
+        return web.json_response(state.describe(session))
     params: dict[str, int] = {}
     if mode is Mode.SLOW:
         params["delay_ms"] = int_param(body, "delay_ms", DEFAULT_DELAY_MS, 0, 600_000)
     if mode is Mode.FLAP:
         params["period_ms"] = int_param(body, "period_ms", DEFAULT_PERIOD_MS, 1, 3_600_000)
+    if "restart_ms" in body:
+        params["restart_ms"] = int_param(body, "restart_ms", DEFAULT_RESTART_MS, 0, 600_000)
     state.set_mode(session.name, mode, **params)
     return web.json_response(state.describe(session))
 
@@ -429,6 +614,8 @@ def build_app(
     app[STATE] = SimulatorState(sessions, clock=clock)
     app.on_shutdown.append(release_held)
     app.router.add_get("/api/sessions/{session}", session_status)
+    app.router.add_post("/api/sessions/{session}/restart", restart_session)
+    app.router.add_get("/api/{session}/auth/qr", auth_qr)
     app.router.add_post("/api/sendText", send_text)
     app.router.add_get("/_sim/health", health)
     app.router.add_get("/_sim/sessions", list_sessions)

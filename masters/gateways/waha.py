@@ -36,11 +36,18 @@ STATE_HINTS = {
 }
 
 
+# A logged-out session: restarting brings it back to the QR code, not to WORKING.
+RELINK_STATES = frozenset({"SCAN_QR_CODE"})
+
+
 class WahaGateway(Gateway):
     kind = GatewayKind.WAHA
     label = "WAHA"
     state_table = STATE_TABLE
     state_hints = STATE_HINTS
+    supports_restart = True
+    relink_states = RELINK_STATES
+    supports_qr = True
 
     def auth_headers(self) -> dict[str, str]:
         return {"X-Api-Key": self.config.api_key} if self.config.api_key else {}
@@ -68,6 +75,22 @@ class WahaGateway(Gateway):
         if isinstance(message_id, str) and message_id:
             return message_id
         raise MalformedReply("id is neither a string nor an object with _serialized")
+
+    def restart_url(self) -> str:
+        return f"{self.base_url}/api/sessions/{self.session_in_path}/restart"
+
+    def read_restart(self, payload: Any) -> str:
+        # WAHA answers a restart with the session, as GET /api/sessions/{session} does.
+        state = payload.get("status") if isinstance(payload, dict) else None
+        return state if isinstance(state, str) else ""
+
+    def qr_url(self) -> str:
+        return f"{self.base_url}/api/{self.session_in_path}/auth/qr"
+
+    def qr_headers(self) -> dict[str, str]:
+        # The image form; WAHA answers JSON {"mimetype", "data"} to application/json,
+        # which read_qr_image also reads. ?format=raw would give the QR text instead.
+        return {**self.auth_headers(), "Accept": "image/png"}
 
     def is_retryable(self, status: int, payload: Any) -> bool:
         # WAHA answers 422 when the session is not WORKING: the master's fault.
