@@ -34,9 +34,10 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from ha_portal.lib.http import HttpClient
+from masters import recovery
 from masters.choices import EventKind, HealthStatus, Severity
 from masters.failover import request_failovers
-from masters.gateways import Gateway, gateway_for
+from masters.gateways import Gateway, HealthResult, gateway_for
 from masters.health import Observation, Thresholds
 from masters.load import record_load_metrics
 from masters.models import Event, HealthCheck, Master, ProberLease, RuntimeSettings
@@ -64,6 +65,7 @@ class Target:
     gateway: Gateway = field(compare=False)
     status: str = field(compare=False, default=HealthStatus.UNKNOWN)
     generation: int = field(compare=False, default=0)
+    last_result: HealthResult | None = field(compare=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ class Prober:
                 asyncio.create_task(self.flush_loop(stopping)),
                 asyncio.create_task(self.load_metrics_loop(stopping)),
                 asyncio.create_task(self.failover_loop(stopping)),
+                asyncio.create_task(self.recovery_loop(stopping)),
             ]
             await stopping.wait()
             for task in tasks:
@@ -311,6 +314,7 @@ class Prober:
     async def probe(self, target: Target) -> None:
         try:
             result = await target.gateway.health()
+            target.last_result = result
             observation = Observation(
                 result.status, timezone.now(), result.detail, result.latency_ms
             )
@@ -359,6 +363,33 @@ class Prober:
                 continue
             if due:
                 logger.info("prober %s: failover requested for masters %s", self.name, due)
+
+    async def recovery_loop(self, stopping: asyncio.Event) -> None:
+        """Once a second, try the gateway's own recovery on failed masters that are due."""
+        while not stopping.is_set():
+            await asyncio.sleep(1.0)
+            if not self.leader:
+                continue
+            try:
+                for master_id in await self.db(recovery.recovery_due):
+                    target = self.targets.get(master_id)
+                    if target is not None:
+                        await self.recover(target)
+            except DatabaseError:
+                logger.exception("prober %s: recovery step failed", self.name)
+
+    async def recover(self, target: Target) -> None:
+        gateway, last = target.gateway, target.last_result
+        if last is not None and gateway.needs_relink(last):
+            await self.db(
+                recovery.record_needs_relink, target.master_id, last.detail, gateway.supports_qr
+            )
+            return
+        result = await gateway.restart()
+        await self.db(recovery.record_attempt, target.master_id, result.ok, result.detail)
+        logger.info(
+            "prober %s: restart of master %s: %s", self.name, target.master_id, result.detail
+        )
 
     async def flush_loop(self, stopping: asyncio.Event) -> None:
         """Write results in batches: whatever arrived during the last write, at most

@@ -95,6 +95,10 @@ class Master(models.Model):
     failover_hold_until = models.DateTimeField(null=True, blank=True, editable=False)
     # Set when the orchestrator is asked to act, so the prober asks once.
     failover_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Gateway recovery (masters.recovery): when the next restart may be tried,
+    # and when the "needs re-link" alert went out (it goes out once per outage).
+    next_recovery_at = models.DateTimeField(null=True, blank=True, editable=False)
+    relink_alerted_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Open circuit breaker: automatic failover stops until an operator resets it.
     breaker_tripped_at = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -163,6 +167,9 @@ class Master(models.Model):
         "last_failure_at",
         "last_response_ms",
         "last_error",
+        "recovery_attempts",
+        "next_recovery_at",
+        "relink_alerted_at",
     )
 
     def observe(self, observation: Observation, thresholds: Thresholds) -> Event | None:
@@ -189,6 +196,9 @@ class Master(models.Model):
         if new.status == old.status:
             return None
         self.health_status, self.health_changed_at = new.status, observation.at
+        if new.status == HealthStatus.HEALTHY:
+            # A new outage starts a new round of recovery attempts.
+            self.recovery_attempts, self.next_recovery_at, self.relink_alerted_at = 0, None, None
         return Event(
             kind=EventKind.HEALTH_CHANGED,
             severity=transition_severity(new.status),
