@@ -126,6 +126,8 @@ FAILOVER = {
     # MAX_RECOVERY_ATTEMPTS failovers of one master within this window trip
     # its circuit breaker.
     "breaker_window_s": env_int("FAILOVER_BREAKER_WINDOW", 3600, minimum=60),
+    # Move a recovered master's conversations back automatically (off: a human decides).
+    "failback_enabled": env_bool("FAILBACK_ENABLED", False),
 }
 
 # --- Django -------------------------------------------------------------------

@@ -449,3 +449,41 @@ def reset_breaker(master_id: int, actor=None) -> None:
                 actor=actor,
                 message="Circuit breaker reset: automatic failover resumes",
             )
+
+
+def drain(master_id: int, actor=None, wait_s: float | None = None) -> FailoverEvent | None:
+    """Planned switchover: no new traffic at once, in-flight sends finish, then the rest moves.
+
+    Waits up to ``wait_s`` (default: one dispatcher lease) for the master's
+    in-flight sends; claims still open after that are left to their lease
+    and move with the next failover.
+    """
+    master = Master.objects.get(pk=master_id)
+    master.start_maintenance(actor=actor, reason="drained for a planned switchover")
+    deadline = time.monotonic() + (wait_s if wait_s is not None else settings.QUEUE["lease_s"])
+    while Message.objects.filter(master_id=master_id, status=MessageStatus.SENDING).exists():
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)  # in-flight sends finish in another process: nothing to await here
+    try:
+        return execute_failover(master_id, reason="planned switchover (maintenance)", actor=actor)
+    except FailoverRefused as refused:
+        logger.info("drain of master %s: %s", master_id, refused)
+        return None
+
+
+def failbacks_due() -> list[int]:
+    """Completed failovers whose master is healthy again, when failback is switched on.
+
+    Off by default: moving conversations back is a human decision (as in
+    Patroni and Orchestrator); FAILBACK_ENABLED=true makes it automatic.
+    """
+    if not settings.FAILOVER["failback_enabled"]:
+        return []
+    return list(
+        FailoverEvent.objects.filter(
+            status=FailoverStatus.COMPLETED,
+            failed_master__health_status=HealthStatus.HEALTHY,
+            failed_master__failover_hold_until__lte=timezone.now(),
+        ).values_list("pk", flat=True)
+    )

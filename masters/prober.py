@@ -36,7 +36,7 @@ from django.utils import timezone
 from ha_portal.lib.http import HttpClient
 from masters import recovery
 from masters.choices import EventKind, HealthStatus, Severity
-from masters.failover import request_failovers
+from masters.failover import failbacks_due, request_failovers, rollback_failover
 from masters.gateways import Gateway, HealthResult, gateway_for
 from masters.health import Observation, Thresholds
 from masters.load import record_load_metrics
@@ -358,6 +358,8 @@ class Prober:
                 continue
             try:
                 due = await self.db(request_failovers)
+                for event_id in await self.db(failbacks_due):
+                    await self.db(rollback_failover, event_id)
             except DatabaseError:
                 logger.exception("prober %s: failover check failed", self.name)
                 continue

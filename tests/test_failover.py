@@ -321,3 +321,34 @@ def test_the_circuit_breaker_trips_after_too_many_failovers_and_resets(trio):
     a.refresh_from_db()
     assert a.breaker_tripped_at is None
     assert Event.objects.filter(kind=EventKind.BREAKER_RESET).count() == 1
+
+
+def test_a_drain_stops_new_traffic_then_moves_the_work_once_in_flight_is_done(trio):
+    from masters.failover import drain
+
+    _, b, _ = trio
+    Master.objects.filter(pk=b.pk).update(health_status=HealthStatus.HEALTHY)
+    a = Master.objects.get(external_id="a")
+    Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.HEALTHY)
+    add(a, MessageStatus.QUEUED, 3)
+    event = drain(a.pk, wait_s=0)
+    a.refresh_from_db()
+    assert a.health_status == HealthStatus.MAINTENANCE and not a.is_routable
+    assert event.status == FailoverStatus.COMPLETED and event.moved_messages == 3
+    assert event.reason == "planned switchover (maintenance)"
+
+
+def test_failback_is_off_by_default_and_moves_work_back_when_switched_on(trio, settings):
+    from masters.failover import failbacks_due
+
+    a, b, _ = trio
+    add(a, MessageStatus.QUEUED, 2)
+    event = execute_failover(a.pk, reason="master failed")
+    Master.objects.filter(pk=a.pk).update(
+        health_status=HealthStatus.HEALTHY, failover_hold_until=timezone.now()
+    )
+    assert failbacks_due() == []
+    settings.FAILOVER = settings.FAILOVER | {"failback_enabled": True}
+    assert failbacks_due() == [event.pk]
+    rollback_failover(event.pk)
+    assert set(Message.objects.values_list("master_id", flat=True)) == {a.pk}
