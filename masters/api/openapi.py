@@ -16,7 +16,7 @@ from masters.api.validation import (
     batch_body_limit,
     single_body_limit,
 )
-from masters.choices import HealthStatus, MessagePriority, MessageStatus, Role
+from masters.choices import FailoverStatus, HealthStatus, MessagePriority, MessageStatus, Role
 
 Schema = dict[str, Any]
 
@@ -187,6 +187,7 @@ def paths(limit: int) -> dict[str, Any]:
                 "responses": {"200": reply("The masters", "MasterList"), **errors},
             }
         },
+        **failover_paths(errors, body_errors),
         "/api/v1/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -383,6 +384,7 @@ def schemas(limit: int) -> dict[str, Schema]:
             "required": ["error", "limit_bytes"],
             "properties": {"error": {"type": "string"}, "limit_bytes": {"type": "integer"}},
         },
+        **failover_schemas(),
     }
 
 
@@ -421,4 +423,224 @@ def shared_responses() -> dict[str, Schema]:
         "TooLarge": reply("Body over the endpoint's limit", "TooLarge"),
         "UnsupportedMediaType": reply("Content-Type is not application/json"),
         "InvalidFields": reply("Fields missing, of the wrong type or out of range", "Invalid"),
+        "Forbidden": reply("The token has no operator rights (create it with --operator)"),
+    }
+
+
+# --- operator actions: failovers ---------------------------------------------------------------
+
+
+def failover_paths(errors: Schema, body_errors: Schema) -> dict[str, Any]:
+    # Imported here: masters.api.failovers imports the views, which import this module.
+    from masters.api import failovers
+
+    operator_errors = {"403": {"$ref": "#/components/responses/Forbidden"}}
+    return {
+        "/api/v1/masters/{id}/failover": {
+            "post": {
+                "operationId": "failOver",
+                "summary": "Fail a master over now, or preview it (operator token)",
+                "description": (
+                    "Moves the master's pending messages and conversations to a backup in one "
+                    "transaction and answers with the recorded failover: `completed`, `failed` "
+                    "(no backup could take the work: it went back to the queue) or "
+                    "`rolled-back` (the move did not verify; nothing moved). With "
+                    "`dry_run: true` nothing changes and the answer is the preview. The body "
+                    f"is optional (at most {failovers.FAILOVER_BODY_BYTES} bytes)."
+                ),
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The master's id, as in GET /masters.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": json_content(ref("FailoverRequest")),
+                },
+                "responses": {
+                    "200": {
+                        "description": "The failover event, or with dry_run the preview",
+                        "content": json_content(
+                            {"oneOf": [ref("FailoverEvent"), ref("FailoverPreview")]}
+                        ),
+                    },
+                    "404": reply("No such master"),
+                    "409": reply("Refused: a failover of this master is running or already ran"),
+                    "422": reply(
+                        "Fields of the wrong type or unknown; backup unknown or unusable",
+                        "Invalid",
+                    ),
+                    **operator_errors,
+                    **body_errors,
+                },
+            }
+        },
+        "/api/v1/failovers": {
+            "get": {
+                "operationId": "listFailovers",
+                "summary": "Failover events, newest first, a page at a time",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": failovers.LIST_LIMIT_MAX,
+                            "default": failovers.LIST_LIMIT_DEFAULT,
+                        },
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "description": "Cursor: the events after this one (next_before).",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    {
+                        "name": "master",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only failovers of this master (the one that failed).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": reply("A page of failover events", "FailoverList"),
+                    "422": {"$ref": "#/components/responses/InvalidFields"},
+                    **errors,
+                },
+            }
+        },
+        "/api/v1/failovers/{id}/rollback": {
+            "post": {
+                "operationId": "rollbackFailover",
+                "summary": "Move back what a completed failover moved (operator token)",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                "responses": {
+                    "200": reply("The failover, now rolled-back", "FailoverEvent"),
+                    "404": reply("No such failover"),
+                    "409": reply("The failover is not completed: nothing to roll back"),
+                    **operator_errors,
+                    **errors,
+                },
+            }
+        },
+    }
+
+
+def failover_schemas() -> dict[str, Schema]:
+    from masters.api import failovers
+
+    master = {"oneOf": [ref("MasterRef"), {"type": "null"}]}
+    return {
+        "MasterRef": {
+            "type": "object",
+            "required": ["id", "display_name"],
+            "properties": {"id": {"type": "string"}, "display_name": {"type": "string"}},
+        },
+        "FailoverStatus": {"type": "string", "enum": list(FailoverStatus.values)},
+        "FailoverEvent": {
+            "type": "object",
+            "required": [
+                "id",
+                "failed_master",
+                "backup_master",
+                "reason",
+                "status",
+                "initiated_by",
+                "started_at",
+                "finished_at",
+                "duration_ms",
+                "moved_messages",
+                "moved_affinities",
+                "checksum",
+            ],
+            "properties": {
+                "id": {"type": "integer"},
+                "failed_master": ref("MasterRef"),
+                "backup_master": {**master, "description": "null when no backup was found"},
+                "reason": {"type": "string"},
+                "status": ref("FailoverStatus"),
+                "initiated_by": {
+                    "type": "string",
+                    "description": (
+                        "`automatic`, the username of the operator, or `api:<token name>`; "
+                        "`unknown` when the operator's user was deleted"
+                    ),
+                },
+                "started_at": {"type": "string", "format": "date-time"},
+                "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                "duration_ms": {"type": ["number", "null"]},
+                "moved_messages": {"type": "integer"},
+                "moved_affinities": {"type": "integer"},
+                "checksum": {
+                    "type": ["string", "null"],
+                    "description": "SHA-256 of the moved message ids; null if nothing was moved",
+                },
+            },
+        },
+        "FailoverList": {
+            "type": "object",
+            "required": ["failovers", "next_before"],
+            "properties": {
+                "failovers": {"type": "array", "items": ref("FailoverEvent")},
+                "next_before": {
+                    "type": ["integer", "null"],
+                    "description": "Pass as ?before= for the next page; null on the last",
+                },
+            },
+        },
+        "FailoverRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "backup": nullable(
+                    {
+                        "type": "string",
+                        "description": "A master's id; default: the best backup available",
+                    }
+                ),
+                "dry_run": nullable({"type": "boolean", "default": False}),
+                "reason": nullable(
+                    {
+                        "type": "string",
+                        "maxLength": failovers.REASON_MAX,
+                        "default": failovers.DEFAULT_REASON,
+                    }
+                ),
+            },
+        },
+        "FailoverPreview": {
+            "type": "object",
+            "required": [
+                "dry_run",
+                "failed_master",
+                "backup_master",
+                "messages",
+                "affinities",
+                "checksum",
+                "reasons",
+            ],
+            "properties": {
+                "dry_run": {"type": "boolean", "enum": [True]},
+                "failed_master": ref("MasterRef"),
+                "backup_master": {**master, "description": "null: no master could take it"},
+                "messages": {"type": "integer", "description": "messages that would move"},
+                "affinities": {"type": "integer", "description": "conversations that would move"},
+                "checksum": {"type": "string"},
+                "reasons": {
+                    "type": "object",
+                    "description": "Why each candidate backup was chosen or not, by master id",
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+        },
     }

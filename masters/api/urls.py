@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from masters.api import views
+from masters.api import failovers, views
 
 urlpatterns = [
     path("messages", views.create_message, name="api-messages"),
@@ -12,6 +12,17 @@ urlpatterns = [
     path("messages/<int:message_id>", views.message_detail, name="api-message"),
     path("route", views.route, name="api-route"),
     path("masters", views.master_list, name="api-masters"),
+    path(
+        "masters/<slug:external_id>/failover",
+        failovers.master_failover,
+        name="api-master-failover",
+    ),
+    path("failovers", failovers.failover_list, name="api-failovers"),
+    path(
+        "failovers/<int:failover_id>/rollback",
+        failovers.failover_rollback,
+        name="api-failover-rollback",
+    ),
     path("openapi.json", views.openapi_document, name="api-openapi"),
     # Last: anything else under /api/v1/ gets a JSON 404, not the HTML page.
     re_path(r"^(?P<rest>.*)$", views.not_found),

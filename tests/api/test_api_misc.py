@@ -232,6 +232,9 @@ def test_the_openapi_document_describes_every_endpoint_and_method(client, token)
         "/api/v1/messages/{id}",
         "/api/v1/route",
         "/api/v1/masters",
+        "/api/v1/masters/{id}/failover",
+        "/api/v1/failovers",
+        "/api/v1/failovers/{id}/rollback",
         "/api/v1/openapi.json",
     }
     for path in {path for path, _ in described}:
