@@ -104,6 +104,14 @@ QUEUE = {
     "text_max_chars": 4096,  # WhatsApp's own limit for a text message
 }
 
+if QUEUE["lease_s"] * 1000 < QUEUE["send_timeout_ms"] + 6000:
+    # A claim must outlast a whole send plus the margin to record it, or no
+    # message could ever be sent.
+    raise ImproperlyConfigured(
+        "DISPATCH_LEASE: must be at least SEND_TIMEOUT + 6 s "
+        f"({(QUEUE['send_timeout_ms'] + 6000) / 1000:g} s), got {QUEUE['lease_s']} s"
+    )
+
 # Load balancing on top of the strategy (issue 4).
 BALANCING = {
     "affinity_ttl_s": env_int("AFFINITY_TTL", 86_400, minimum=1),

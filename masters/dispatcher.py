@@ -41,6 +41,10 @@ IDLE_WAIT_S = 0.1  # how long an empty claim waits before asking again
 SWEEP_EVERY_S = 2.0
 MASTERS_EVERY_S = 1.0
 NO_MASTER_DELAY = timedelta(seconds=1)
+# A send ends at least this long before its claim's lease runs out, so that
+# recording it has time even on a slow database.
+SEND_MARGIN_S = 5.0
+RECORD_RETRY_S = 1.0
 
 
 def node_name() -> str:
@@ -124,8 +128,9 @@ class Dispatcher:
         batch = settings.QUEUE["claim_batch"]
         while not stopping.is_set():
             await self.capacity.wait()
+            limit = max(1, min(batch, self.max_in_flight - self.in_flight))
             try:
-                claimed = await self.on(self.claim_thread, outbox.claim, self.name, batch, lease)
+                claimed = await self.on(self.claim_thread, outbox.claim, self.name, limit, lease)
                 ready = await self.route(claimed)
             except DatabaseError:
                 logger.exception("%s: claim failed; retrying", self.name)
@@ -134,7 +139,7 @@ class Dispatcher:
                 task = asyncio.create_task(self.send(message))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
-            if len(claimed) < batch:
+            if len(claimed) < limit or not ready:
                 # The queue is (nearly) empty: wait a moment or until told to stop.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), IDLE_WAIT_S)
@@ -174,6 +179,15 @@ class Dispatcher:
         self.track(+1)
         try:
             outcome = await self.send_through(message, master_id)
+        except Exception as error:  # a bug must not strand the message until its lease runs out
+            logger.exception("%s: sending message %s crashed", self.name, message.id)
+            outcome = Outcome(
+                message.id,
+                message.epoch,
+                master_id,
+                error=f"dispatcher error: {error}",
+                blame_master=False,
+            )
         finally:
             self.track(-1)
         self.outcomes.append(outcome)
@@ -185,39 +199,37 @@ class Dispatcher:
             await self.refresh_lanes()
             lane = self.lanes.get(master_id)
         if lane is None:
+            return self.not_sent(message, master_id, "its master is no longer sendable")
+        # A send must end SEND_MARGIN_S before the claim's lease: after that the
+        # message may belong to another dispatcher or master. Waiting for a slot
+        # or a rate token is bounded so; a message that never started goes back.
+        budget = (message.lease_expires_at - timezone.now()).total_seconds()
+        budget -= self.timeout_s + SEND_MARGIN_S
+        try:
+            async with asyncio.timeout(max(budget, 0)):
+                await lane.slots.acquire()
+                try:
+                    await lane.limiter.acquire()
+                except BaseException:
+                    lane.slots.release()
+                    raise
+        except TimeoutError:
+            return self.not_sent(message, master_id, "no send slot before the claim ran short")
+        try:
+            gateway_id = await lane.gateway.send(message.to, message.text, message.idempotency_key)
+        except GatewayError as error:
             return Outcome(
-                message.id,
-                message.epoch,
-                master_id,
-                error="master no longer sendable",
-                blame_master=False,
+                message.id, message.epoch, master_id, error=error.detail, retryable=error.retryable
             )
-        async with lane.slots:
-            await lane.limiter.acquire()
-            # Never start a send that could outlive the claim: after the lease
-            # the message may belong to another dispatcher or master.
-            remaining = (message.lease_expires_at - timezone.now()).total_seconds()
-            if remaining < self.timeout_s + 1:
-                return Outcome(
-                    message.id,
-                    message.epoch,
-                    master_id,
-                    error="claim lease too short to send",
-                    blame_master=False,
-                )
-            try:
-                gateway_id = await lane.gateway.send(
-                    message.to, message.text, message.idempotency_key
-                )
-            except GatewayError as error:
-                return Outcome(
-                    message.id,
-                    message.epoch,
-                    master_id,
-                    error=error.detail,
-                    retryable=error.retryable,
-                )
+        finally:
+            lane.slots.release()
         return Outcome(message.id, message.epoch, master_id, gateway_message_id=gateway_id)
+
+    @staticmethod
+    def not_sent(message: Claimed, master_id: int, why: str) -> Outcome:
+        return Outcome(
+            message.id, message.epoch, master_id, error=why, blame_master=False, attempted=False
+        )
 
     def track(self, delta: int) -> None:
         self.in_flight += delta
@@ -246,9 +258,13 @@ class Dispatcher:
             )
             await self.on(self.record_thread, report_to_health, written)
         except DatabaseError:
-            # The claims stay "sending" and are reclaimed after their lease:
-            # retried, and delivered once thanks to the idempotency key.
-            logger.exception("%s: could not record %d results", self.name, len(batch))
+            # Keep the results and try again: a send that went out and is not
+            # recorded would be sent again after its lease. Recording is fenced,
+            # so a retry never overwrites a newer claim.
+            logger.exception("%s: could not record %d results; retrying", self.name, len(batch))
+            self.outcomes = batch + self.outcomes
+            self.outcomes_ready.set()
+            await asyncio.sleep(RECORD_RETRY_S)
             return
         self.sent += sum(1 for outcome in written if outcome.sent)
 
@@ -279,6 +295,14 @@ class Dispatcher:
                     RateLimiter(rate),
                     asyncio.Semaphore(settings.QUEUE["per_master_concurrency"]),
                 )
+        for master_id in set(self.lanes) - {master_id for master_id, _, _ in masters}:
+            del self.lanes[master_id]
+        # Hold no more than the lanes can start within a claim's lease: the rest
+        # would only wait here while other dispatchers could send it.
+        budget_s = max(1.0, settings.QUEUE["lease_s"] - self.timeout_s - SEND_MARGIN_S)
+        startable = sum(lane.limiter.rate for lane in self.lanes.values()) * budget_s
+        self.max_in_flight = max(1, min(settings.QUEUE["claim_batch"] * 4, int(startable)))
+        self.track(0)
 
 
 def load_sendable_masters() -> list[tuple[int, Any, float]]:
@@ -288,14 +312,15 @@ def load_sendable_masters() -> list[tuple[int, Any, float]]:
 
 
 def report_to_health(outcomes: list[Outcome]) -> None:
-    """Feed send results to the health state machine (the passive signal).
+    """Feed send results to the health state machine (the passive signal), in order.
 
     Only master-side failures count; a message the gateway rejects as
-    invalid says nothing about the master. One reset per master per batch.
+    invalid says nothing about the master. Errors count toward the
+    in-a-row limit only while no success comes between them.
     """
     by_master: dict[int, list[Outcome]] = defaultdict(list)
     for outcome in outcomes:
-        if outcome.master_id is None or not outcome.blame_master:
+        if outcome.master_id is None or not outcome.blame_master or not outcome.attempted:
             continue
         if outcome.sent or outcome.retryable:
             by_master[outcome.master_id].append(outcome)
@@ -305,10 +330,13 @@ def report_to_health(outcomes: list[Outcome]) -> None:
         if master is None:
             continue
         for outcome in results:
-            if not outcome.sent:
+            if outcome.sent:
+                if master.send_error_streak:
+                    master.record_send_result(True)
+                    master.send_error_streak = 0
+            else:
                 master.record_send_result(False, outcome.error)
-        if results[-1].sent:
-            master.record_send_result(True)
+                master.send_error_streak += 1
 
 
 def _with_fresh_connection(function: Callable, *args: Any) -> Any:

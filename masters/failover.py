@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import partial
 
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -185,7 +185,12 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
     With no backup the messages go back to the queue unassigned: the
     dispatcher sends them through whichever master recovers first.
     """
-    moved = Message.objects.filter(pk__in=plan.messages, master_id=plan.failed_id).update(
+    # Lock the planned rows, then move only those still movable: a dispatcher
+    # may have recorded one as sent (or the sweep expired it) since the plan.
+    movable = movable_messages(plan.failed_id, now).filter(pk__in=plan.messages)
+    locked = list(movable.select_for_update().order_by("pk").values_list("pk", flat=True))
+    plan.messages = locked
+    moved = Message.objects.filter(pk__in=locked).update(
         master_id=plan.backup_id,
         failover=event,
         epoch=F("epoch") + 1,
@@ -414,6 +419,10 @@ def consider_failover(master_id: int) -> FailoverEvent | None:
     except FailoverRefused as refused:
         logger.info("failover of master %s not run: %s", master_id, refused)
         return None
+    except DatabaseError:
+        # A deadlock or a lost connection: let the prober ask again next second.
+        Master.objects.filter(pk=master_id).update(failover_requested_at=None)
+        raise
 
 
 def trip_breaker_if_needed(master: Master, limit: int) -> bool:

@@ -56,6 +56,9 @@ class Outcome:
     # False for the dispatcher's own reasons not to send (a short lease): they
     # say nothing about the master's health.
     blame_master: bool = True
+    # False when the send never started (no slot or rate token before the
+    # claim ran short): the message goes back uncounted, to be claimed again.
+    attempted: bool = True
 
     @property
     def sent(self) -> bool:
@@ -157,17 +160,16 @@ def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outco
         rows = list(
             Message.objects.select_for_update()
             .filter(pk__in=by_id, lease_owner=owner, status=MessageStatus.SENDING)
-            .only("pk", "epoch", "attempts", "expires_at")
+            .order_by("pk")
+            .only("pk", "epoch", "attempts", "expires_at", *RESULT_FIELDS)
         )
-        written = []
-        for row in rows:
-            outcome = by_id[row.pk]
-            if row.epoch != outcome.epoch:
-                continue  # moved by a failover while we sent: not ours to write
-            _apply(row, outcome, now, max_attempts)
-            written.append(outcome)
-        Message.objects.bulk_update(rows, RESULT_FIELDS)
-    return written
+        # A row whose epoch moved on was taken by a failover or a reclaim while
+        # we sent: not ours to write.
+        ours = [row for row in rows if row.epoch == by_id[row.pk].epoch]
+        for row in ours:
+            _apply(row, by_id[row.pk], now, max_attempts)
+        Message.objects.bulk_update(ours, RESULT_FIELDS)
+    return [by_id[row.pk] for row in ours]
 
 
 RESULT_FIELDS = [
@@ -180,13 +182,18 @@ RESULT_FIELDS = [
     "lease_owner",
     "lease_expires_at",
     "updated_at",
+    "attempts",
 ]
 
 
 def _apply(row: Message, outcome: Outcome, now: datetime, max_attempts: int) -> None:
     row.master_id = outcome.master_id
     row.lease_owner, row.lease_expires_at, row.updated_at = "", None, now
-    if outcome.sent:
+    if not outcome.attempted:
+        # Never sent: back to the queue at once, the claim not counted.
+        row.status, row.attempts = MessageStatus.RETRYING, max(0, row.attempts - 1)
+        row.next_attempt_at, row.last_error = now, f"not sent yet: {outcome.error}"
+    elif outcome.sent:
         row.status, row.sent_at = MessageStatus.SENT, now
         row.gateway_message_id, row.last_error = outcome.gateway_message_id, ""
     elif not outcome.retryable:
@@ -222,20 +229,33 @@ def expire_overdue() -> int:
     )
 
 
-def reclaim_expired_leases() -> int:
+def reclaim_expired_leases(max_attempts: int | None = None) -> int:
     """Return messages whose dispatcher died mid-send to the queue, under a new epoch.
 
     The master stays assigned (a failover moves it if that master failed); the
-    epoch bump fences the old claim. The idempotency key makes a resend of a
-    message the dead dispatcher did deliver arrive once where the gateway honours it.
+    epoch bump fences the old claim. A message that has used up its attempts
+    this way goes dead instead of looping until its TTL (a poison message
+    that kills its dispatcher every time). The idempotency key makes a resend
+    of a message the dead dispatcher did deliver arrive once where the
+    gateway honours it.
     """
+    max_attempts = max_attempts or settings.QUEUE["max_attempts"]
     now = timezone.now()
-    return Message.objects.filter(status=MessageStatus.SENDING, lease_expires_at__lt=now).update(
+    expired = Message.objects.filter(status=MessageStatus.SENDING, lease_expires_at__lt=now)
+    fence = {
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "epoch": F("epoch") + 1,
+        "updated_at": now,
+    }
+    dead = expired.filter(attempts__gte=max_attempts).update(
+        status=MessageStatus.DEAD,
+        last_error="gave up: its dispatcher's lease expired mid-send on the last attempt",
+        **fence,
+    )
+    return dead + expired.update(
         status=MessageStatus.RETRYING,
-        lease_owner="",
-        lease_expires_at=None,
-        epoch=F("epoch") + 1,
         next_attempt_at=now,
         last_error="reclaimed: the dispatcher's lease expired mid-send",
-        updated_at=now,
+        **fence,
     )

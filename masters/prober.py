@@ -30,7 +30,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from ha_portal.lib.http import HttpClient
@@ -116,7 +116,10 @@ def write_results(
         if not ProberLease.holds(holder):
             return None
         ids = {master_id for master_id, _ in results}
-        masters = Master.objects.select_for_update().in_bulk(ids)
+        # Locked in id order, like every multi-row lock, so no two writers deadlock.
+        masters = {
+            m.pk: m for m in Master.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+        }
         before = {pk: _state_of(master) for pk, master in masters.items()}
         checks, events = [], []
         for master_id, observation in results:
@@ -178,7 +181,10 @@ def update_all_down() -> bool:
     is down than that every gateway broke: automatic failover holds meanwhile.
     """
     probed = Master.objects.filter(is_active=True).exclude(health_status=HealthStatus.MAINTENANCE)
-    all_down = probed.exists() and not probed.filter(consecutive_failures=0).exists()
+    # A master ejected for failing sends still answers its probes: it says the
+    # prober's network is fine, so it does not count as down here.
+    answering = Q(consecutive_failures=0) | Q(send_ejected_until__gt=timezone.now())
+    all_down = probed.exists() and not probed.filter(answering).exists()
     lease = ProberLease.objects.get(name="prober")
     if all_down and lease.all_down_since is None:
         lease.all_down_since = timezone.now()

@@ -78,15 +78,15 @@ def wait_until(condition: Callable[[], object], timeout: float = 15.0, what: str
     pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
 
 
-class ProberThread:
-    """A real Prober running its asyncio loop on a thread of the test process."""
+class LoopThread:
+    """Run a real Prober or Dispatcher (anything with ``run(stopping)``) on its own thread."""
 
-    def __init__(self, name: str) -> None:
-        self.prober = Prober(name)
+    def __init__(self, runner) -> None:
+        self.runner = runner
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Event | None = None
         self.started = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"prober-{name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=runner.name, daemon=True)
 
     def _run(self) -> None:
         asyncio.run(self._main())
@@ -95,17 +95,25 @@ class ProberThread:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self.started.set()
-        await self.prober.run(self.stopping)
+        await self.runner.run(self.stopping)
 
-    def start(self) -> ProberThread:
+    def start(self) -> LoopThread:
         self.thread.start()
         self.started.wait(5)
         return self
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.stopping.set)
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "the prober did not stop"
+        self.thread.join(20)
+        assert not self.thread.is_alive(), f"{self.runner.name} did not stop"
+
+    @property
+    def prober(self):
+        return self.runner
+
+    @property
+    def dispatcher(self):
+        return self.runner
 
 
 @pytest.fixture
@@ -122,10 +130,10 @@ def fast_probes(settings, transactional_db):
 
 @pytest.fixture
 def start_prober(fast_probes):
-    probers: list[ProberThread] = []
+    probers: list[LoopThread] = []
 
-    def start(name: str = "test-prober") -> ProberThread:
-        prober = ProberThread(name).start()
+    def start(name: str = "test-prober") -> LoopThread:
+        prober = LoopThread(Prober(name)).start()
         probers.append(prober)
         return prober
 
@@ -135,45 +143,15 @@ def start_prober(fast_probes):
             prober.stop()
 
 
-class DispatcherThread:
-    """A real Dispatcher running its asyncio loop on a thread of the test process."""
-
-    def __init__(self, name: str) -> None:
-        from masters.dispatcher import Dispatcher
-
-        self.dispatcher = Dispatcher(name)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stopping: asyncio.Event | None = None
-        self.started = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"dispatch-{name}", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.stopping = asyncio.Event()
-        self.started.set()
-        await self.dispatcher.run(self.stopping)
-
-    def start(self) -> DispatcherThread:
-        self.thread.start()
-        self.started.wait(5)
-        return self
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.stopping.set)
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "the dispatcher did not stop"
-
-
 @pytest.fixture
 def start_dispatcher(transactional_db, settings):
     settings.QUEUE = settings.QUEUE | {"retry_base_ms": 50, "retry_max_ms": 200}
-    started: list[DispatcherThread] = []
+    from masters.dispatcher import Dispatcher
 
-    def start(name: str = "test-dispatcher") -> DispatcherThread:
-        dispatcher = DispatcherThread(name).start()
+    started: list[LoopThread] = []
+
+    def start(name: str = "test-dispatcher") -> LoopThread:
+        dispatcher = LoopThread(Dispatcher(name)).start()
         started.append(dispatcher)
         return dispatcher
 

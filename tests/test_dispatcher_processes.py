@@ -35,7 +35,7 @@ def dispatchers(simulator, transactional_db):
     environ = os.environ | {
         "DATABASE_URL": database_url(),
         "HA_DEV": "1",
-        "DISPATCH_LEASE": "5",
+        "DISPATCH_LEASE": "9",
         "SEND_TIMEOUT": "2000",
         "DISPATCH_BATCH": "50",
     }

@@ -341,7 +341,7 @@ def test_a_drain_stops_new_traffic_then_moves_the_work_once_in_flight_is_done(tr
 def test_failback_is_off_by_default_and_moves_work_back_when_switched_on(trio, settings):
     from masters.failover import failbacks_due
 
-    a, b, _ = trio
+    a, _, _ = trio
     add(a, MessageStatus.QUEUED, 2)
     event = execute_failover(a.pk, reason="master failed")
     Master.objects.filter(pk=a.pk).update(

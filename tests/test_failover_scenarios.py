@@ -20,8 +20,8 @@ H, F = HealthStatus.HEALTHY, HealthStatus.FAILED
 
 
 @pytest.fixture
-def cluster(simulator, fast_probes, start_prober, start_dispatcher, settings, monkeypatch):
-    """Three masters, 1 s failover grace, a prober and a dispatcher running."""
+def cluster(simulator, fast_probes, start_prober, settings, monkeypatch):
+    """Three masters, 1 s failover grace, a prober running (add ``dispatching`` to send)."""
     monkeypatch.setattr(Conf, "SYNC", True)
     settings.FAILOVER = settings.FAILOVER | {"hold_down_s": 2}
     runtime = fast_probes
@@ -52,8 +52,13 @@ def cluster(simulator, fast_probes, start_prober, start_dispatcher, settings, mo
     start_prober()
     for master in masters.values():
         wait_until(lambda m=master: status_of(m) == H, what=f"{master} healthy")
-    start_dispatcher()
     return masters
+
+
+@pytest.fixture
+def dispatching(cluster, start_dispatcher):
+    start_dispatcher()
+    return cluster
 
 
 def status_of(master) -> str:
@@ -77,7 +82,7 @@ def deliveries(simulator) -> Counter:
     return Counter(d.idempotency_key for d in simulator.state.messages())
 
 
-def test_normal_operation_spreads_the_load_and_fails_nothing_over(cluster, simulator):
+def test_normal_operation_spreads_the_load_and_fails_nothing_over(dispatching, simulator):
     send(60, "normal")
     wait_until(all_sent, what="every message sent")
     per_session = Counter(d.session for d in simulator.state.messages())
@@ -106,8 +111,8 @@ def pending_on(master, count: int, prefix: str) -> list[Message]:
     )
 
 
-def test_primary_failure_moves_its_work_to_the_backup_and_raises_the_alarm(cluster, simulator):
-    a, b = cluster["a"], cluster["b"]
+def test_primary_failure_moves_its_work_to_the_backup_and_raises_the_alarm(dispatching, simulator):
+    a, b = dispatching["a"], dispatching["b"]
     pending_on(a, 5, "stuck")
     sim_control(simulator, "a", "fail")
 
@@ -131,15 +136,15 @@ def completed(failed, backup) -> bool:
     ).exists()
 
 
-def test_a_cascade_through_three_masters_holds_when_all_are_down_and_resumes(cluster, simulator):
+def test_a_cascade_through_three_masters_holds_when_all_are_down_and_resumes(
+    cluster, simulator, start_dispatcher
+):
     a, b, c = cluster["a"], cluster["b"], cluster["c"]
     pending_on(a, 6, "cascade")
     sim_control(simulator, "a", "fail")
     wait_until(lambda: completed(a, b), timeout=20, what="a -> b")
-    Message.objects.update(next_attempt_at=timezone.now() + timedelta(hours=1))  # hold them
     sim_control(simulator, "b", "fail")
     wait_until(lambda: completed(b, c), timeout=20, what="b -> c")
-    Message.objects.update(next_attempt_at=timezone.now() + timedelta(hours=1))
     sim_control(simulator, "c", "fail")
 
     wait_until(
@@ -152,7 +157,7 @@ def test_a_cascade_through_three_masters_holds_when_all_are_down_and_resumes(clu
 
     sim_control(simulator, "a", "recover")
     wait_until(lambda: completed(c, a), timeout=30, what="c's work to move to a")
-    Message.objects.update(next_attempt_at=timezone.now())
+    start_dispatcher()  # sending starts only now, so nothing went out mid-cascade
     wait_until(all_sent, timeout=30, what="sending to resume by itself")
     assert sorted(deliveries(simulator).values()) == [1] * 6
     assert {d.session for d in simulator.state.messages()} == {"a"}

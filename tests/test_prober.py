@@ -106,6 +106,7 @@ def test_a_flapping_session_does_not_bounce_traffic_on_every_flap(
     start_prober()
     first = masters[0]
     wait_until(lambda: status_of(first) == H)
+    sim_control(simulator, "a", "unrestartable")  # a restart would end the flapping
     sim_control(simulator, "a", "flap", period_ms=1200)
 
     def flaps_seen() -> int:
