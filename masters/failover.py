@@ -84,8 +84,14 @@ def candidate_for(master: Master, sending: dict[int, float]) -> BackupCandidate:
     )
 
 
-def plan_failover(failed: Master, backup_id: int | None = None, now=None) -> Plan:
-    """Choose the backup and list what would move (reads only)."""
+def plan_failover(
+    failed: Master, backup_id: int | None = None, now=None, *, list_work: bool = True
+) -> Plan:
+    """Choose the backup and list what would move (reads only).
+
+    The failover itself passes ``list_work=False``: it reads the work under
+    lock while moving it, and 10,000 ids read twice cost more than the move.
+    """
     now = now or timezone.now()
     recent = (
         Message.objects.filter(sent_at__gte=now - timezone.timedelta(seconds=10))
@@ -99,13 +105,14 @@ def plan_failover(failed: Master, backup_id: int | None = None, now=None) -> Pla
         if backup_id is None or m.pk == backup_id
     ]
     choice = choose_backup(candidate_for(failed, sending), others, now=now)
-    return Plan(
-        failed.pk,
-        choice.backup_id,
-        list(movable_messages(failed.pk, now).values_list("pk", flat=True)),
-        list(ConversationAffinity.objects.filter(master=failed).values_list("pk", flat=True)),
-        {str(key): reason for key, reason in choice.reasons.items()},
-    )
+    plan = Plan(failed.pk, choice.backup_id)
+    plan.reasons = {str(key): reason for key, reason in choice.reasons.items()}
+    if list_work:
+        plan.messages = list(movable_messages(failed.pk, now).values_list("pk", flat=True))
+        plan.affinities = list(
+            ConversationAffinity.objects.filter(master=failed).values_list("pk", flat=True)
+        )
+    return plan
 
 
 def execute_failover(
@@ -128,7 +135,7 @@ def execute_failover(
             failed = _lock(failed_id)
             if actor is None and _failed_over_since_it_failed(failed):
                 raise FailoverRefused(f"{failed.display_name} was already failed over")
-            plan = plan_failover(failed, backup_id, started_at)
+            plan = plan_failover(failed, backup_id, started_at, list_work=False)
             chosen[0] = plan.backup_id
             if plan.backup_id is None:
                 return _no_backup(failed, plan, reason, actor, started_at)
@@ -182,15 +189,16 @@ def _nowait() -> bool:
 def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
     """Move messages and affinities; verify both before the transaction commits.
 
-    With no backup the messages go back to the queue unassigned: the
-    dispatcher sends them through whichever master recovers first.
+    The work is read and locked, then moved with the same filter (no long id
+    lists in the UPDATE), then what landed is read back and compared: count
+    and checksum. A message a dispatcher recorded as sent meanwhile is no
+    longer movable, so it stays. With no backup the messages go back to the
+    queue unassigned: the dispatcher sends them through whichever master
+    recovers first.
     """
-    # Lock the planned rows, then move only those still movable: a dispatcher
-    # may have recorded one as sent (or the sweep expired it) since the plan.
-    movable = movable_messages(plan.failed_id, now).filter(pk__in=plan.messages)
-    locked = list(movable.select_for_update().order_by("pk").values_list("pk", flat=True))
-    plan.messages = locked
-    moved = Message.objects.filter(pk__in=locked).update(
+    movable = movable_messages(plan.failed_id, now)
+    plan.messages = list(movable.select_for_update().order_by("pk").values_list("pk", flat=True))
+    moved = movable.update(
         master_id=plan.backup_id,
         failover=event,
         epoch=F("epoch") + 1,
@@ -200,27 +208,20 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
         next_attempt_at=now,
         updated_at=now,
     )
-    landed = list(
-        Message.objects.filter(
-            pk__in=plan.messages, master_id=plan.backup_id, failover=event
-        ).values_list("pk", flat=True)
-    )
+    landed = list(Message.objects.filter(failover=event).values_list("pk", flat=True))
     if moved != len(plan.messages) or checksum(landed) != plan.checksum:
         raise TransferMismatch(
             f"selected {len(plan.messages)} messages, moved {moved}, "
             f"checksum {checksum(landed)[:12]} != {plan.checksum[:12]}"
         )
-    affinities = ConversationAffinity.objects.filter(
-        pk__in=plan.affinities, master_id=plan.failed_id
-    )
+    affinities = ConversationAffinity.objects.filter(master_id=plan.failed_id)
+    selected = affinities.count()
     if plan.backup_id is None:
         moved_affinities, _ = affinities.delete()  # the contacts are routed afresh
     else:
         moved_affinities = affinities.update(master_id=plan.backup_id, failover=event)
-    if moved_affinities != len(plan.affinities):
-        raise TransferMismatch(
-            f"selected {len(plan.affinities)} affinities, moved {moved_affinities}"
-        )
+    if moved_affinities != selected:
+        raise TransferMismatch(f"selected {selected} affinities, moved {moved_affinities}")
     event.moved_messages, event.moved_affinities = moved, moved_affinities
     event.checksum = plan.checksum
 

@@ -47,6 +47,9 @@ class Message(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        # A pointer for rollback, not a constraint: checking it for every moved
+        # row at commit cost a failover of 10,000 messages a third of its time.
+        db_constraint=False,
     )
     gateway_message_id = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -78,7 +81,6 @@ class Message(models.Model):
                 name="message_lease_idx",
                 condition=Q(status="sending"),
             ),
-            models.Index(fields=["status", "updated_at"], name="message_status_time_idx"),
         ]
 
     def __str__(self) -> str:
@@ -94,7 +96,12 @@ class ConversationAffinity(models.Model):
     """A contact's current master: the same contact keeps the same sender."""
 
     contact = models.CharField(max_length=16, unique=True, validators=[validate_e164])
-    master = models.ForeignKey(MASTER, on_delete=models.CASCADE, related_name="affinities")
+    # Soft state (a routing preference): Django cascades deletes, and no
+    # database constraint is checked for each of the thousands of rows a
+    # failover moves at once.
+    master = models.ForeignKey(
+        MASTER, on_delete=models.CASCADE, related_name="affinities", db_constraint=False
+    )
     expires_at = models.DateTimeField()
     updated_at = models.DateTimeField(auto_now=True)
     failover = models.ForeignKey(
@@ -103,6 +110,11 @@ class ConversationAffinity(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="+",
+        # A pointer for rollback, not a constraint: checking it for every moved
+        # row at commit cost a failover of 10,000 messages a third of its time.
+        db_constraint=False,
+        # Rollback finds these through the backup's (master, expires_at) index.
+        db_index=False,
     )
 
     class Meta:
