@@ -9,4 +9,6 @@ from __future__ import annotations
 # Section name -> module. The name is the --only value and the report's marker.
 SECTIONS: dict[str, str] = {
     "detection": "monitoring.bench.detection",
+    "throughput": "monitoring.bench.throughput",
+    "failover": "monitoring.bench.failover",
 }

@@ -47,6 +47,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
 SIMULATOR_READY = re.compile(r"listening on (http://\S+)")
+WEB_READY = re.compile(r"Listening on TCP address (127\.0\.0\.1:\d+)")
 
 
 class BenchError(Exception):
@@ -203,7 +204,11 @@ class BenchProcess:
             )
 
     def stop(self) -> None:
-        """Ask the process to stop (SIGTERM), kill it if it does not within STOP_TIMEOUT_S."""
+        """Ask the process to stop (SIGTERM), kill it if it does not within STOP_TIMEOUT_S.
+
+        Then stop what it started and left behind (a qcluster's sentinel and
+        workers outlive it): they share the process group the run made for it.
+        """
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
@@ -212,7 +217,19 @@ class BenchProcess:
                 logger.warning("%s ignored SIGTERM for %gs: killing it", self.label, STOP_TIMEOUT_S)
                 self.popen.kill()
                 self.popen.wait(STOP_TIMEOUT_S)
+        self.stop_leftovers()
         self.log_file.close()
+
+    def stop_leftovers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            if not group_members(self.pid):
+                return
+            logger.info("%s left processes behind: sending them %s", self.label, signum.name)
+            with suppress(ProcessLookupError):
+                os.killpg(self.pid, signum)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while group_members(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 @dataclass
@@ -235,16 +252,24 @@ class Context:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def start(self, label: str, *command: str) -> BenchProcess:
+    def start(
+        self, label: str, *command: str, env: Mapping[str, str] | None = None
+    ) -> BenchProcess:
         """Start ``manage.py <command>`` with its output in var/bench/<label>.log."""
+        return self.spawn(label, [sys.executable, "manage.py", *command], env)
+
+    def spawn(
+        self, label: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> BenchProcess:
+        """Start ``argv`` in the checkout with the run's environment plus ``env``, logged."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{label}.log"
         log_file = log_path.open("wb")
         _load_prctl()
         popen = subprocess.Popen(
-            [sys.executable, "manage.py", *command],
+            list(argv),
             cwd=BASE_DIR,
-            env=self.environment(),
+            env=self.environment() | dict(env or {}),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -269,6 +294,17 @@ class Context:
 
     def start_prober(self, label: str) -> BenchProcess:
         return self.start(label, "ha_prober", "--name", label)
+
+    def start_web(self, label: str) -> tuple[BenchProcess, str]:
+        """Start one daphne process serving the portal on a free port; return it and its URL."""
+        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "0"]
+        process = self.spawn(label, [*argv, "ha_portal.asgi:application"])
+        match = self.wait_for(
+            lambda: WEB_READY.search(process.log_path.read_text(errors="replace")),
+            START_TIMEOUT_S,
+            f"{label} to listen (see {process.log_path})",
+        )
+        return process, f"http://{match.group(1)}"
 
     def check_running(self) -> None:
         for process in self.processes:
@@ -328,6 +364,56 @@ def process_cpu_seconds(pid: int) -> float:
     # count from the last ')'. utime and stime are fields 14 and 15.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def group_members(pgid: int) -> list[int]:
+    """Return the live (not zombie) processes in a process group, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            state, _ppid, group = text[text.rindex(")") + 2 :].split()[:3]
+            if int(group) == pgid and state != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds of a process and its live descendants (a qcluster and its workers)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            parents[int(stat.parent.name)] = int(text[text.rindex(")") + 2 :].split()[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier += children
+    total = 0.0
+    for member in tree:
+        with suppress(BenchError):  # exited since the scan
+            total += process_cpu_seconds(member)
+    return total
+
+
+def postgres_cpu_seconds() -> float:
+    """Return the CPU seconds PostgreSQL has used: its processes, and backends that exited.
+
+    A backend that exits (its connection closed) is reaped by the server
+    process, whose cutime and cstime then hold its seconds: the difference of
+    two readings is PostgreSQL's work in between, connection churn included.
+    """
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            if text[text.index("(") + 1 : text.rindex(")")] == "postgres":
+                fields = text[text.rindex(")") + 2 :].split()
+                # utime, stime, and cutime, cstime (children reaped): fields 14 to 17.
+                total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    return total
 
 
 def machine_busy_seconds() -> float:
