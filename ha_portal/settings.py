@@ -198,6 +198,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # in other threads and processes, as production does.
     # One file per test run, so that two runs side by side do not share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+else:
+    # Daphne runs each request's view in a thread of its own, where a
+    # persistent connection is never reused and lingers: web processes run
+    # with CONN_MAX_AGE=0 (the Procfile, make run); the loops keep theirs.
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, minimum=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")

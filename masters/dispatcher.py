@@ -45,6 +45,7 @@ NO_MASTER_DELAY = timedelta(seconds=1)
 # recording it has time even on a slow database.
 SEND_MARGIN_S = 5.0
 RECORD_RETRY_S = 1.0
+MAX_RECORD_BATCH = 500
 
 
 def node_name() -> str:
@@ -176,6 +177,8 @@ class Dispatcher:
 
     async def send(self, item: tuple[Claimed, int]) -> None:
         message, master_id = item
+        # Counted until its result is recorded, so a slow database slows the
+        # claims instead of piling results up in memory.
         self.track(+1)
         try:
             outcome = await self.send_through(message, master_id)
@@ -188,8 +191,9 @@ class Dispatcher:
                 error=f"dispatcher error: {error}",
                 blame_master=False,
             )
-        finally:
+        except asyncio.CancelledError:
             self.track(-1)
+            raise
         self.outcomes.append(outcome)
         self.outcomes_ready.set()
 
@@ -245,7 +249,11 @@ class Dispatcher:
 
     async def flush_outcomes(self) -> None:
         self.outcomes_ready.clear()
-        batch, self.outcomes = self.outcomes, []
+        # Bounded batches: a backlog of results is written in steps, never as
+        # one statement whose cost grows with the square of its size.
+        batch, self.outcomes = self.outcomes[:MAX_RECORD_BATCH], self.outcomes[MAX_RECORD_BATCH:]
+        if self.outcomes:
+            self.outcomes_ready.set()
         if not batch:
             return
         try:
@@ -256,7 +264,6 @@ class Dispatcher:
                 batch,
                 settings.QUEUE["max_attempts"],
             )
-            await self.on(self.record_thread, report_to_health, written)
         except DatabaseError:
             # Keep the results and try again: a send that went out and is not
             # recorded would be sent again after its lease. Recording is fenced,
@@ -266,7 +273,12 @@ class Dispatcher:
             self.outcomes_ready.set()
             await asyncio.sleep(RECORD_RETRY_S)
             return
+        self.track(-len(batch))
         self.sent += sum(1 for outcome in written if outcome.sent)
+        try:
+            await self.on(self.record_thread, report_to_health, written)
+        except DatabaseError:
+            logger.exception("%s: could not report send results to health", self.name)
 
     async def housekeeping_loop(self, stopping: asyncio.Event) -> None:
         """Refresh masters every second; expire and reclaim every few seconds."""

@@ -128,9 +128,12 @@ def assign(owner: str, assignments: dict[int, int]) -> set[int]:
             .only("pk", "master")
         )
         kept = [row for row in rows if assignments[row.pk] in routable]
+        by_master: dict[int, list[int]] = {}
         for row in kept:
-            row.master_id = assignments[row.pk]
-        Message.objects.bulk_update(kept, ["master"])
+            by_master.setdefault(assignments[row.pk], []).append(row.pk)
+        # One UPDATE per master, not a CASE per row.
+        for master_id, ids in by_master.items():
+            Message.objects.filter(pk__in=ids).update(master_id=master_id)
     stale = [row.pk for row in rows if assignments[row.pk] not in routable]
     if stale:
         release(owner, stale, timedelta(0), "re-routing: the chosen master left rotation")

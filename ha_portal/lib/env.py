@@ -123,7 +123,7 @@ def database_from_url(name: str, url: str) -> dict:
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
             "OPTIONS": options,
-            "CONN_MAX_AGE": 60,
+            "CONN_MAX_AGE": 60,  # settings.py lets CONN_MAX_AGE override it
             "CONN_HEALTH_CHECKS": True,
         }
     raise ImproperlyConfigured(

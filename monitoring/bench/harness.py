@@ -298,7 +298,10 @@ class Context:
     def start_web(self, label: str) -> tuple[BenchProcess, str]:
         """Start one daphne process serving the portal on a free port; return it and its URL."""
         argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "0"]
-        process = self.spawn(label, [*argv, "ha_portal.asgi:application"])
+        # As the Procfile runs web processes: no persistent connections.
+        process = self.spawn(
+            label, [*argv, "ha_portal.asgi:application"], env={"CONN_MAX_AGE": "0"}
+        )
         match = self.wait_for(
             lambda: WEB_READY.search(process.log_path.read_text(errors="replace")),
             START_TIMEOUT_S,
