@@ -19,6 +19,42 @@ def viewer(db):
     return get_user_model().objects.create_user("viewer", password="correct horse battery")
 
 
+@pytest.fixture
+def trio():
+    """A failed primary and two healthy backups, on different gateway hosts."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    a = make_master(
+        "a",
+        "+971505760056",
+        role=Role.PRIMARY,
+        failover_priority=1,
+        health_status=HealthStatus.FAILED,
+        gateway_url="http://127.0.0.1:3001",
+        region="UAE",
+    )
+    b = make_master(
+        "b",
+        "+971505760057",
+        role=Role.SECONDARY,
+        failover_priority=2,
+        gateway_url="http://127.0.0.1:3002",
+        region="UAE",
+    )
+    c = make_master(
+        "c",
+        "+966501234567",
+        role=Role.TERTIARY,
+        failover_priority=3,
+        gateway_url="http://127.0.0.1:3003",
+        region="KSA",
+    )
+    Master.objects.filter(pk=a.pk).update(health_changed_at=timezone.now() - timedelta(minutes=1))
+    return a, b, c
+
+
 def make_master(external_id: str = "m1", phone: str = "+971505760056", **fields) -> Master:
     """Create a master with sensible defaults; override any field by keyword."""
     values = {

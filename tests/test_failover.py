@@ -19,41 +19,8 @@ from masters.failover import (
     rollback_failover,
 )
 from masters.models import ConversationAffinity, Event, FailoverEvent, Master, Message
-from tests.conftest import make_master
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def trio():
-    """A failed primary and two healthy backups, on different gateway hosts."""
-    a = make_master(
-        "a",
-        "+971505760056",
-        role=Role.PRIMARY,
-        failover_priority=1,
-        health_status=HealthStatus.FAILED,
-        gateway_url="http://127.0.0.1:3001",
-        region="UAE",
-    )
-    b = make_master(
-        "b",
-        "+971505760057",
-        role=Role.SECONDARY,
-        failover_priority=2,
-        gateway_url="http://127.0.0.1:3002",
-        region="UAE",
-    )
-    c = make_master(
-        "c",
-        "+966501234567",
-        role=Role.TERTIARY,
-        failover_priority=3,
-        gateway_url="http://127.0.0.1:3003",
-        region="KSA",
-    )
-    Master.objects.filter(pk=a.pk).update(health_changed_at=timezone.now() - timedelta(minutes=1))
-    return a, b, c
 
 
 def add(master, status, count=1, **fields):

@@ -16,7 +16,7 @@ from django.db import connection
 from masters.choices import FailoverStatus, HealthStatus, MessageStatus
 from masters.models import FailoverEvent, Master, Message
 from tests.conftest import wait_until
-from tests.test_failover import add, snapshot, trio  # noqa: F401  (fixture)
+from tests.test_failover import add, snapshot
 from tests.test_prober_processes import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +29,7 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
-def test_the_dry_run_previews_and_the_failover_moves(trio):  # noqa: F811
+def test_the_dry_run_previews_and_the_failover_moves(trio):
     a, b, _ = trio
     add(a, MessageStatus.QUEUED, 3)
     before = snapshot()
@@ -41,7 +41,7 @@ def test_the_dry_run_previews_and_the_failover_moves(trio):  # noqa: F811
     assert set(Message.objects.values_list("master_id", flat=True)) == {b.pk}
 
 
-def test_a_chosen_backup_is_used_and_rollback_undoes_it(trio):  # noqa: F811
+def test_a_chosen_backup_is_used_and_rollback_undoes_it(trio):
     a, _, c = trio
     add(a, MessageStatus.QUEUED, 2)
     run("ha_failover", "a", "--backup", "c")
@@ -54,7 +54,7 @@ def test_a_chosen_backup_is_used_and_rollback_undoes_it(trio):  # noqa: F811
         run("ha_failover", "zz")
 
 
-def test_maintenance_and_breaker_reset_from_the_command_line(trio):  # noqa: F811
+def test_maintenance_and_breaker_reset_from_the_command_line(trio):
     _, b, _ = trio
     assert "b is now maintenance" in run("ha_maintenance", "b", "on")
     assert Master.objects.get(pk=b.pk).health_status == HealthStatus.MAINTENANCE
@@ -65,7 +65,7 @@ def test_maintenance_and_breaker_reset_from_the_command_line(trio):  # noqa: F81
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
-def test_a_worker_killed_mid_failover_leaves_nothing_half_moved(trio):  # noqa: F811
+def test_a_worker_killed_mid_failover_leaves_nothing_half_moved(trio):
     a, b, _ = trio
     messages = add(a, MessageStatus.QUEUED, 20)
     before = snapshot()

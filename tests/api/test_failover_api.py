@@ -34,37 +34,6 @@ def bot() -> str:
     return issue_token("bot")
 
 
-@pytest.fixture
-def trio() -> tuple[Master, Master, Master]:
-    """A failed primary and two healthy backups on other gateway hosts; b is preferred."""
-    a = make_master(
-        "a",
-        "+971505760056",
-        failover_priority=1,
-        health_status=HealthStatus.FAILED,
-        gateway_url="http://127.0.0.1:3001",
-        region="UAE",
-    )
-    b = make_master(
-        "b",
-        "+971505760057",
-        role=Role.SECONDARY,
-        failover_priority=2,
-        gateway_url="http://127.0.0.1:3002",
-        region="UAE",
-    )
-    c = make_master(
-        "c",
-        "+966501234567",
-        role=Role.TERTIARY,
-        failover_priority=3,
-        gateway_url="http://127.0.0.1:3003",
-        region="KSA",
-    )
-    Master.objects.filter(pk=a.pk).update(health_changed_at=timezone.now() - timedelta(minutes=1))
-    return a, b, c
-
-
 def queue(master: Master, count: int, status: str = MessageStatus.QUEUED) -> list[int]:
     return [
         Message.objects.create(
