@@ -164,34 +164,29 @@ def fast_probes(settings, transactional_db):
     return runtime
 
 
-@pytest.fixture
-def start_prober(fast_probes):
-    probers: list[LoopThread] = []
+def _loop_threads(make_runner, default_name: str):
+    """Yield a starter of LoopThreads built by ``make_runner(name)``; stop them at teardown."""
+    started: list[LoopThread] = []
 
-    def start(name: str = "test-prober") -> LoopThread:
-        prober = LoopThread(Prober(name)).start()
-        probers.append(prober)
-        return prober
+    def start(name: str = default_name) -> LoopThread:
+        thread = LoopThread(make_runner(name)).start()
+        started.append(thread)
+        return thread
 
     yield start
-    for prober in probers:
-        if prober.thread.is_alive():
-            prober.stop()
+    for thread in started:
+        if thread.thread.is_alive():
+            thread.stop()
+
+
+@pytest.fixture
+def start_prober(fast_probes):
+    yield from _loop_threads(Prober, "test-prober")
 
 
 @pytest.fixture
 def start_dispatcher(transactional_db, settings):
-    settings.QUEUE = settings.QUEUE | {"retry_base_ms": 50, "retry_max_ms": 200}
     from masters.dispatcher import Dispatcher
 
-    started: list[LoopThread] = []
-
-    def start(name: str = "test-dispatcher") -> LoopThread:
-        dispatcher = LoopThread(Dispatcher(name)).start()
-        started.append(dispatcher)
-        return dispatcher
-
-    yield start
-    for dispatcher in started:
-        if dispatcher.thread.is_alive():
-            dispatcher.stop()
+    settings.QUEUE = settings.QUEUE | {"retry_base_ms": 50, "retry_max_ms": 200}
+    yield from _loop_threads(Dispatcher, "test-dispatcher")
