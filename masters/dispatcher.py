@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.1  # how long an empty claim waits before asking again
 SWEEP_EVERY_S = 2.0
 MASTERS_EVERY_S = 1.0
-NO_MASTER_DELAY = timedelta(seconds=1)
 # A send ends at least this long before its claim's lease runs out, so that
 # recording it has time even on a slow database.
 SEND_MARGIN_S = 5.0
@@ -131,52 +130,36 @@ class Dispatcher:
             await self.capacity.wait()
             limit = max(1, min(batch, self.max_in_flight - self.in_flight))
             try:
-                claimed = await self.on(self.claim_thread, outbox.claim, self.name, limit, lease)
-                ready = await self.route(claimed)
+                claimed = await self.on(
+                    self.claim_thread, outbox.claim, self.name, limit, lease, self.router
+                )
             except DatabaseError:
                 logger.exception("%s: claim failed; retrying", self.name)
-                claimed, ready = [], []
-            for message in ready:
+                claimed = []
+            for message in claimed:
                 task = asyncio.create_task(self.send(message))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
-            if len(claimed) < limit or not ready:
+            await self.remember(claimed)
+            if len(claimed) < limit:
                 # The queue is (nearly) empty: wait a moment or until told to stop.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), IDLE_WAIT_S)
 
-    async def route(self, claimed: list[Claimed]) -> list[tuple[Claimed, int]]:
-        """Pick a master for each unassigned message; give back what no master can take."""
-        unassigned = [m for m in claimed if m.master_id is None]
-        chosen = {m.id: m.master_id for m in claimed if m.master_id is not None}
-        if unassigned:
-            decisions = await self.on(
-                self.claim_thread,
-                self.router.route_many,
-                [(m.id, m.to, m.region) for m in unassigned],
-            )
-            waiting = [m.id for m in unassigned if m.id not in decisions]
-            if waiting:
-                await self.on(
-                    self.claim_thread,
-                    outbox.release,
-                    self.name,
-                    waiting,
-                    NO_MASTER_DELAY,
-                    "waiting: no master is routable",
-                )
-            picked = {m_id: d.candidate_id for m_id, d in decisions.items()}
-            ours = await self.on(self.claim_thread, outbox.assign, self.name, picked)
-            if len(ours) < len(picked):
-                # A master left rotation since the router's snapshot: look again.
-                self.router.invalidate()
-            chosen |= {m_id: master for m_id, master in picked.items() if m_id in ours}
-            contacts = {m.to: picked[m.id] for m in unassigned if m.id in ours}
+    async def remember(self, claimed: list[Claimed]) -> None:
+        """Save the conversations the claim just routed, so the contact's next message follows."""
+        contacts = {m.to: m.master_id for m in claimed if m.routed}
+        if not contacts:
+            return
+        try:
             await self.on(self.claim_thread, self.router.remember, contacts)
-        return [(m, chosen[m.id]) for m in claimed if m.id in chosen]
+        except DatabaseError:
+            # Affinity is a preference: losing one write costs a conversation its
+            # master, never a message.
+            logger.exception("%s: saving conversation affinities failed", self.name)
 
-    async def send(self, item: tuple[Claimed, int]) -> None:
-        message, master_id = item
+    async def send(self, message: Claimed) -> None:
+        master_id = message.master_id
         # Counted until its result is recorded, so a slow database slows the
         # claims instead of piling results up in memory.
         self.track(+1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -21,6 +22,9 @@ from django.utils import timezone
 
 from masters.choices import HealthStatus, MessageStatus
 from masters.models import Master, Message
+
+if TYPE_CHECKING:
+    from masters.balancing import Decision
 
 # A degraded master finishes what it already holds; only healthy ones get new work.
 SENDABLE = (HealthStatus.HEALTHY, HealthStatus.DEGRADED)
@@ -41,6 +45,8 @@ class Claimed:
     attempts: int
     idempotency_key: str
     lease_expires_at: datetime
+    # True when this claim chose the master (a new conversation turn to remember).
+    routed: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,31 @@ class Outcome:
         return not self.error
 
 
-def claim(owner: str, limit: int, lease: timedelta) -> list[Claimed]:
-    """Claim up to ``limit`` due messages whose master can send (or that have none yet)."""
+# What the claim reads of each due message, in Claimed's order.
+CLAIM_FIELDS = ("id", "to", "text", "region", "master_id", "epoch", "attempts", "idempotency_key")
+# A message no master can take now waits this long before it is looked at again.
+NO_MASTER_DELAY = timedelta(seconds=1)
+
+
+class Routes(Protocol):
+    """What the claim needs of a router (masters.routing.Router)."""
+
+    def route_many(self, messages: list[tuple[int, str, str]]) -> dict[int, Decision]: ...
+
+    def invalidate(self) -> None: ...
+
+
+def claim(owner: str, limit: int, lease: timedelta, router: Routes | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due messages and route the unassigned ones, in one transaction.
+
+    Messages that already have a master (retries, failed-over work) keep it if
+    it can still send. Messages without one are routed by ``router`` while
+    their rows are locked, and claimed with the chosen master in the same
+    UPDATE, so balancing costs the claim no extra transaction. Without a
+    router they are claimed as they are, master None (tests route by hand).
+    A message no master can take stays queued and is looked at again after
+    ``NO_MASTER_DELAY``.
+    """
     now = timezone.now()
     sendable = Master.objects.filter(is_active=True, health_status__in=SENDABLE).values("pk")
     due = (
@@ -77,67 +106,70 @@ def claim(owner: str, limit: int, lease: timedelta) -> list[Claimed]:
     with transaction.atomic():
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True, of=("self",))
-        ids = list(due.values_list("id", flat=True)[:limit])
-        if not ids:
+        rows = list(due.values_list(*CLAIM_FIELDS)[:limit])
+        if not rows:
             return []
+        masters = {row[0]: row[4] for row in rows if row[4] is not None or router is None}
+        unassigned = [(row[0], row[1], row[3]) for row in rows if row[0] not in masters]
+        routed = _route(router, unassigned) if unassigned else {}
         expires = now + lease
-        Message.objects.filter(pk__in=ids).update(
-            status=MessageStatus.SENDING,
-            lease_owner=owner,
-            lease_expires_at=expires,
-            attempts=F("attempts") + 1,
-            updated_at=now,
-        )
-        rows = Message.objects.filter(pk__in=ids).values_list(
-            "id", "to", "text", "region", "master_id", "epoch", "attempts", "idempotency_key"
-        )
-        return [
-            Claimed(
-                id_,
-                to,
-                text,
-                region,
-                master_id,
-                epoch,
-                attempts,
-                key or f"ha-portal-{id_}",
-                expires,
+        claimed = {
+            "status": MessageStatus.SENDING,
+            "lease_owner": owner,
+            "lease_expires_at": expires,
+            "attempts": F("attempts") + 1,
+            "updated_at": now,
+        }
+        if masters:
+            Message.objects.filter(pk__in=list(masters)).update(**claimed)
+        by_master: dict[int, list[int]] = {}
+        for message_id, master_id in routed.items():
+            by_master.setdefault(master_id, []).append(message_id)
+        # One UPDATE per chosen master (a handful), not a CASE per row.
+        for master_id, ids in by_master.items():
+            Message.objects.filter(pk__in=ids).update(master_id=master_id, **claimed)
+        masters |= routed
+        waiting = [message_id for message_id, _, _ in unassigned if message_id not in masters]
+        if waiting:
+            Message.objects.filter(pk__in=waiting).update(
+                next_attempt_at=now + NO_MASTER_DELAY,
+                last_error="waiting: no master is routable",
+                updated_at=now,
             )
-            for id_, to, text, region, master_id, epoch, attempts, key in rows
-        ]
+    return [
+        Claimed(
+            id_,
+            to,
+            text,
+            region,
+            masters[id_],
+            epoch,
+            attempts + 1,
+            key or f"ha-portal-{id_}",
+            expires,
+            routed=id_ in routed,
+        )
+        for id_, to, text, region, master_id, epoch, attempts, key in rows
+        if id_ in masters
+    ]
 
 
-def assign(owner: str, assignments: dict[int, int]) -> set[int]:
-    """Record the master chosen for each claimed message before it is sent.
+def _route(router: Routes, messages: list[tuple[int, str, str]]) -> dict[int, int]:
+    """Route (id, to, region) triples; keep only choices whose master is still routable.
 
-    Returns the ids still ours whose master is still routable: the router's
-    snapshot may be a moment old, and a master that left rotation since then
-    gets no new message. The others go back to the queue to be routed again.
+    The router's snapshot may be a moment old: a master that left rotation
+    since then gets no new message, and the router looks again next time.
     """
-    if not assignments:
-        return set()
+    picked = {m_id: d.candidate_id for m_id, d in router.route_many(messages).items()}
     routable = set(
         Master.objects.filter(
-            pk__in=set(assignments.values()), is_active=True, health_status__in=ROUTABLE
+            pk__in=set(picked.values()), is_active=True, health_status__in=ROUTABLE
         ).values_list("pk", flat=True)
     )
-    with transaction.atomic():
-        rows = list(
-            Message.objects.select_for_update()
-            .filter(pk__in=assignments, lease_owner=owner, status=MessageStatus.SENDING)
-            .only("pk", "master")
-        )
-        kept = [row for row in rows if assignments[row.pk] in routable]
-        by_master: dict[int, list[int]] = {}
-        for row in kept:
-            by_master.setdefault(assignments[row.pk], []).append(row.pk)
-        # One UPDATE per master, not a CASE per row.
-        for master_id, ids in by_master.items():
-            Message.objects.filter(pk__in=ids).update(master_id=master_id)
-    stale = [row.pk for row in rows if assignments[row.pk] not in routable]
-    if stale:
-        release(owner, stale, timedelta(0), "re-routing: the chosen master left rotation")
-    return {row.pk for row in kept}
+    kept = {m_id: master_id for m_id, master_id in picked.items() if master_id in routable}
+    if len(kept) < len(picked):
+        router.invalidate()
+    return kept
 
 
 def release(owner: str, ids: list[int], delay: timedelta, reason: str) -> None:

@@ -127,6 +127,9 @@ class Router:
         self._snapshot: Snapshot | None = None
         self._max_age = timedelta(0)
         self._options: dict[str, float] = {}
+        # Affinity rows (contact -> (master, expires_at), or None for no row)
+        # that the last route_many read, for remember().
+        self._stored: dict[str, tuple[int, datetime] | None] = {}
 
     def invalidate(self) -> None:
         """Force a fresh snapshot (and strategy) on next use."""
@@ -182,11 +185,20 @@ class Router:
         snapshot = self.snapshot(now)
         if not snapshot.candidates or not messages:
             return {}
-        affinities = dict(
-            ConversationAffinity.objects.filter(
-                contact__in={to for _, to, _ in messages}, expires_at__gt=now
-            ).values_list("contact", "master_id")
-        )
+        contacts = {to for _, to, _ in messages}
+        # Expired rows too, and None for no row: remember() needs both to
+        # decide what to write without reading them again.
+        self._stored = dict.fromkeys(contacts) | {
+            contact: (master_id, expires_at)
+            for contact, master_id, expires_at in ConversationAffinity.objects.filter(
+                contact__in=contacts
+            ).values_list("contact", "master_id", "expires_at")
+        }
+        affinities = {
+            contact: stored[0]
+            for contact, stored in self._stored.items()
+            if stored is not None and stored[1] > now
+        }
         decisions = {}
         for message_id, to, region in messages:
             decision = self._pick(snapshot, now, to, region, affinities.get(to))
@@ -223,12 +235,17 @@ class Router:
             return 0
         now = self.clock()
         ttl_s = settings.BALANCING["affinity_ttl_s"]
-        existing = {
-            contact: (master_id, expires_at)
-            for contact, master_id, expires_at in ConversationAffinity.objects.filter(
-                contact__in=decisions
-            ).values_list("contact", "master_id", "expires_at")
-        }
+        # route_many just read these contacts' rows: read only the others.
+        existing = {c: self._stored[c] for c in decisions if self._stored.get(c)}
+        unread = [c for c in decisions if c not in self._stored]
+        self._stored = {}
+        if unread:
+            existing |= {
+                contact: (master_id, expires_at)
+                for contact, master_id, expires_at in ConversationAffinity.objects.filter(
+                    contact__in=unread
+                ).values_list("contact", "master_id", "expires_at")
+            }
         stale = affinities_to_write(decisions, existing, now=now, ttl_s=ttl_s)
         if not stale:
             return 0

@@ -210,11 +210,20 @@ def test_sends_that_keep_failing_take_the_master_out_of_rotation(
 
 def test_a_master_that_left_rotation_after_the_snapshot_gets_no_new_message(masters):
     from masters import outbox
+    from masters.routing import Router
 
     enqueue(NewMessage("+971501234573", "late snapshot"))
-    [claimed] = outbox.claim("me", 10, timedelta(seconds=30))
-    set_health(masters["a"], HealthStatus.DEGRADED)  # after the router looked
-    assert outbox.assign("me", {claimed.id: masters["a"].pk}) == set()
-    message = Message.objects.get(pk=claimed.id)
+    for session in "bc":
+        set_health(masters[session], HealthStatus.FAILED)
+    router = Router()
+    router.snapshot()  # the router looks while "a" is healthy ...
+    set_health(masters["a"], HealthStatus.DEGRADED)  # ... and "a" leaves rotation after
+    assert outbox.claim("me", 10, timedelta(seconds=30), router) == []
+    message = Message.objects.get()
     assert (message.status, message.master_id) == (MessageStatus.QUEUED, None)
-    assert outbox.assign("me", {}) == set()
+    assert message.last_error == "waiting: no master is routable"
+    assert message.next_attempt_at > timezone.now(), "it waits instead of spinning"
+    set_health(masters["b"], HealthStatus.HEALTHY)
+    Message.objects.update(next_attempt_at=timezone.now())
+    [claimed] = outbox.claim("me", 10, timedelta(seconds=30), router)
+    assert claimed.master_id == masters["b"].pk, "the router looked again"
