@@ -132,6 +132,7 @@ def execute_failover(
     chosen: list[int | None] = [backup_id]
     try:
         with transaction.atomic():
+            _commit_without_waiting_for_disk()
             failed = _lock(failed_id)
             if actor is None and _failed_over_since_it_failed(failed):
                 raise FailoverRefused(f"{failed.display_name} was already failed over")
@@ -163,6 +164,21 @@ def execute_failover(
             return event
     except TransferMismatch as mismatch:
         return _record_rolled_back(failed_id, chosen[0], reason, actor, started_at, mismatch)
+
+
+def _commit_without_waiting_for_disk() -> None:
+    """Let this transaction's commit return before its WAL reaches the disk (PostgreSQL).
+
+    Waiting for the flush of a 10,000-row move was a third of a failover. It
+    is safe: a crash in the next fraction of a second loses the failover
+    whole, never half of it (the WAL replays in order), so the master is
+    simply failed over again; and anything that acted on the move (a
+    dispatcher recording a send through the backup) commits normally, which
+    flushes the WAL up to and including this failover first.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def _lock(master_id: int) -> Master:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db.models import ProtectedError
 
 from masters.choices import GatewayKind, Role
-from masters.models import AlertRecipient, Event, Master, RuntimeSettings
+from masters.models import AlertRecipient, Event, Master, Message, RuntimeSettings
+from masters.queue import NewMessage, enqueue
 from masters.validators import normalise_e164
 from tests.conftest import make_master
 
@@ -120,3 +122,21 @@ def test_events_after_an_id_come_oldest_first():
     second = Event.record("b", "second")
     third = Event.record("c", "third")
     assert list(Event.objects.after(first.pk)) == [second, third]
+
+
+def test_a_master_that_holds_messages_cannot_be_deleted():
+    """PROTECT is Django's to enforce: the database has no foreign key on it (failover speed)."""
+    master = make_master("m1", "+971505760056")
+    accepted = enqueue(NewMessage("+971501234567", "hello"))
+    accepted.message.master = master
+    accepted.message.save(update_fields=["master"])
+    with pytest.raises(ProtectedError):
+        master.delete()
+    assert Master.objects.filter(pk=master.pk).exists()
+
+
+def test_an_idempotency_key_is_unique():
+    Message.objects.create(idempotency_key="k", body_hash="h", to="+971501234567", text="a")
+    with pytest.raises(ValidationError) as caught:
+        Message(idempotency_key="k", body_hash="h", to="+971501234568", text="b").full_clean()
+    assert "idempotency_key" in str(caught.value)
