@@ -224,7 +224,12 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
         next_attempt_at=now,
         updated_at=now,
     )
-    landed = list(Message.objects.filter(failover=event).values_list("pk", flat=True))
+    # Through the (master, status) index: the failover pointer has none.
+    landed = list(
+        Message.objects.filter(master_id=plan.backup_id, failover=event).values_list(
+            "pk", flat=True
+        )
+    )
     if moved != len(plan.messages) or checksum(landed) != plan.checksum:
         raise TransferMismatch(
             f"selected {len(plan.messages)} messages, moved {moved}, "

@@ -120,8 +120,9 @@ class Message(models.Model):
 class ConversationAffinity(models.Model):
     """A contact's current master: the same contact keeps the same sender."""
 
-    # Unique through Meta.constraints (no unused LIKE index on PostgreSQL).
-    contact = models.CharField(max_length=16, validators=[validate_e164])
+    # The key itself: a failover rewrites every row of the failed master, and
+    # each index costs an entry per row; a surrogate id would be one more.
+    contact = models.CharField(max_length=16, primary_key=True, validators=[validate_e164])
     # Soft state (a routing preference): Django cascades deletes, and no
     # database constraint is checked for each of the thousands of rows a
     # failover moves at once.
@@ -150,7 +151,6 @@ class ConversationAffinity(models.Model):
 
     class Meta:
         verbose_name_plural = "conversation affinities"
-        constraints = [models.UniqueConstraint(fields=["contact"], name="affinity_contact_uniq")]
         indexes = [models.Index(fields=["master", "expires_at"], name="affinity_master_idx")]
 
     def __str__(self) -> str:
