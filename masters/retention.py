@@ -22,7 +22,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from masters.choices import HealthStatus
-from masters.models import HealthCheck, HealthRollup, LoadMetric
+from masters.models import ConversationAffinity, HealthCheck, HealthRollup, LoadMetric
 
 BUCKET = timedelta(hours=1)
 BUCKET_SECONDS = int(BUCKET.total_seconds())
@@ -148,4 +148,10 @@ def prune_load_metrics(now: datetime | None = None) -> int:
     """Delete load metrics older than the raw retention window (they are 10-second samples)."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH["retention_days"])
     deleted, _ = LoadMetric.objects.filter(recorded_at__lt=cutoff).delete()
+    return deleted
+
+
+def prune_affinities(now: datetime | None = None) -> int:
+    """Delete expired conversation affinities: a contact with none is routed afresh."""
+    deleted, _ = ConversationAffinity.objects.filter(expires_at__lte=now or timezone.now()).delete()
     return deleted

@@ -28,6 +28,9 @@ def roll_up_health_checks() -> retention.RollupResult:
     pruned = retention.prune_load_metrics()
     if pruned:
         logger.info("load metrics: %d samples past retention deleted", pruned)
+    expired = retention.prune_affinities()
+    if expired:
+        logger.info("conversation affinities: %d expired deleted", expired)
     return result
 
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from masters.choices import HealthStatus
-from masters.models import HealthCheck, HealthRollup
-from masters.retention import RollupResult, roll_up_health_checks
+from masters.models import ConversationAffinity, HealthCheck, HealthRollup
+from masters.retention import RollupResult, prune_affinities, roll_up_health_checks
 from tests.conftest import make_master
 
 pytestmark = pytest.mark.django_db
@@ -227,3 +227,15 @@ def test_buckets_are_utc_hours_whatever_the_sites_time_zone(m1, settings):
     roll_up_health_checks(now=NOW)
 
     assert [(r["bucket_start"], r["checks"]) for r in rollups()] == [(at(10), 2)]
+
+
+def test_expired_conversation_affinities_are_deleted_and_live_ones_kept(m1):
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    for contact, expires_at in [
+        ("+971501234561", now - timedelta(seconds=1)),
+        ("+971501234562", now),
+        ("+971501234563", now + timedelta(hours=1)),
+    ]:
+        ConversationAffinity.objects.create(contact=contact, master=m1, expires_at=expires_at)
+    assert prune_affinities(now) == 2
+    assert list(ConversationAffinity.objects.values_list("contact", flat=True)) == ["+971501234563"]
