@@ -275,6 +275,40 @@ X_FRAME_OPTIONS = "DENY"
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# --- Alerts and their delivery (issue 6) ----------------------------------------
+# Thresholds live in monitoring.AlertSettings (an admin edits them); whether
+# critical / warning alerts are delivered at all in masters.RuntimeSettings,
+# seeded from ALERT_CRITICAL_ENABLED / ALERT_WARNING_ENABLED.
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", "HA Portal <ha-portal@localhost>")
+ALERTS = {
+    # How often the evaluator looks at the rules (seconds; critical ones are
+    # also evaluated the moment their event is written).
+    "evaluate_every_s": env_int("ALERT_EVALUATE_EVERY", 2, minimum=1),
+    "delivery_timeout_s": env_int("ALERT_DELIVERY_TIMEOUT", 10, minimum=1, maximum=120),
+    "delivery_attempts": env_int("ALERT_DELIVERY_ATTEMPTS", 5, minimum=1, maximum=50),
+    "retry_base_s": env_int("ALERT_RETRY_BASE", 5, minimum=1),
+    # The portal's own address in notices (links to the dashboard).
+    "portal_url": env_str("PORTAL_URL", "http://127.0.0.1:8000"),
+}
+
+# --- Metrics (issue 6): GET /metrics with "Authorization: Bearer <METRICS_TOKEN>".
+# No token set: /metrics answers 404 (off), never open to anyone.
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
+SENTRY_DSN = env_secret("SENTRY_DSN")
+
+# --- Login rate limit (issue 6): per username and per client address.
+LOGIN_RATE_LIMIT = {
+    "attempts": env_int("LOGIN_MAX_ATTEMPTS", 5, minimum=1),
+    "window_s": env_int("LOGIN_LOCKOUT_SECONDS", 300, minimum=1),
+}
+
 # --- Logging: one line per record to stderr; secrets are never passed to it. ---
 LOGGING = {
     "version": 1,

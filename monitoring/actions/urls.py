@@ -1,0 +1,3 @@
+"""URLs of this part of the monitoring app (included by monitoring.urls)."""
+
+urlpatterns: list = []
