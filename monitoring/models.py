@@ -125,6 +125,14 @@ class AlertDelivery(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "alert deliveries"
+        # The evaluator's look for retries due, every few seconds: open ones only.
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="delivery_due_idx",
+                condition=Q(status__in=["pending", "retrying"]),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.notice} of alert {self.alert_id} to {self.target}: {self.status}"
@@ -172,3 +180,22 @@ class AlertSettings(models.Model):
     def current(cls) -> AlertSettings:
         row, _ = cls.objects.get_or_create(pk=1)
         return row
+
+
+class AlertCursor(models.Model):
+    """How far the alert evaluator has read the event log (one row, written only by it).
+
+    ``position``: every event up to this id has been read. ``seen_ids``: events
+    above it already read. On PostgreSQL ids are taken at insert but become
+    visible at commit, so a later id can show up before an earlier one; the
+    position only moves past ids old enough that no transaction still holds
+    them, and ``seen_ids`` keeps the newer ones from being read twice.
+    """
+
+    name = models.CharField(max_length=50, unique=True, default="events")
+    position = models.BigIntegerField(default=0)
+    seen_ids = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"alert cursor {self.name} at event {self.position}"
