@@ -169,6 +169,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Issue 6: the Content-Security-Policy header (settings below).
+    "monitoring.pages.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "ha_portal.urls"
@@ -220,6 +222,10 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+if TESTING:
+    # Each test starts with an empty cache (tests/conftest.py); clearing a
+    # Redis cache would flush the database django-q2 and Channels share.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # django-q2: the ORM broker on the embedded default, Redis when REDIS_URL is set.
 # save_limit -1 keeps failures only: pruning successes on every save caps the
@@ -274,6 +280,17 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Issue 6: HSTS (sent on HTTPS responses only, so only once TLS is in front) and a
+# Content-Security-Policy (monitoring.pages.middleware): scripts from our own static
+# files only (htmx is served from there, no inline scripts); inline styles allowed
+# because htmx injects its indicator styles.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if SECURE_COOKIES else 0, minimum=0)
+CONTENT_SECURITY_POLICY = env_str(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'",
+)
 
 # --- Alerts and their delivery (issue 6) ----------------------------------------
 # Thresholds live in monitoring.AlertSettings (an admin edits them); whether

@@ -16,7 +16,29 @@ def admin_user(db):
 
 @pytest.fixture
 def viewer(db):
-    return get_user_model().objects.create_user("viewer", password="correct horse battery")
+    from monitoring.roles import VIEWER, grant
+
+    user = get_user_model().objects.create_user("viewer", password="correct horse battery")
+    grant(user, VIEWER)
+    return user
+
+
+@pytest.fixture
+def operator(db):
+    from monitoring.roles import OPERATOR, grant
+
+    user = get_user_model().objects.create_user("operator", password="correct horse battery")
+    grant(user, OPERATOR)
+    return user
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """The cache (login attempt counters) outlives a test; start each one empty."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
 
 
 @pytest.fixture
