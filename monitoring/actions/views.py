@@ -26,6 +26,7 @@ from masters import failover as failovers
 from masters.choices import FailoverStatus, HealthStatus, MessageStatus
 from masters.models import ConversationAffinity, FailoverEvent, Master, Message
 from monitoring.actions.forms import ON, FailoverForm, MaintenanceForm
+from monitoring.alerts.engine import acknowledge as acknowledge_alert
 from monitoring.models import Alert, AlertState
 from monitoring.roles import OPERATE
 
@@ -270,14 +271,6 @@ def acknowledge(request: HttpRequest, alert_id: int) -> HttpResponse:
         return render(request, "actions/acknowledge.html", context)
     if alert.state != AlertState.FIRING:
         messages.info(request, f"The alert is already {alert.get_state_display().lower()}.")
-        return redirect(next_url(request, default))
-    try:
-        # Imported here: the alert engine is its own part of the app (monitoring.alerts).
-        from monitoring.alerts.engine import acknowledge as acknowledge_alert
-    except ModuleNotFoundError as missing:
-        if missing.name != "monitoring.alerts.engine":
-            raise
-        messages.error(request, "Acknowledging is not available: the alert engine is missing.")
         return redirect(next_url(request, default))
     if acknowledge_alert(alert, request.user):
         messages.success(request, f"Alert acknowledged: {alert.title}.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
@@ -132,8 +130,6 @@ def test_resetting_a_closed_breaker_changes_nothing(operator_client, trio):
 
 # --- acknowledge ----------------------------------------------------------------------------
 
-ENGINE = importlib.util.find_spec("monitoring.alerts.engine") is not None
-
 
 @pytest.fixture
 def alert(trio):
@@ -144,7 +140,6 @@ def alert(trio):
     )  # fmt: skip
 
 
-@pytest.mark.skipif(not ENGINE, reason="monitoring.alerts.engine (acknowledge) has not landed yet")
 def test_an_operator_acknowledges_a_firing_alert(operator_client, operator, alert):
     url = reverse("monitoring:acknowledge", args=[alert.pk])
     assert "A is down" in operator_client.get(url).content.decode()
