@@ -24,6 +24,7 @@ from ha_portal.lib.env import (
     env_secret,
     env_str,
 )
+from monitoring.metrics.sentry import init_sentry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -319,6 +320,7 @@ ALERTS = {
 # No token set: /metrics answers 404 (off), never open to anyone.
 METRICS_TOKEN = env_secret("METRICS_TOKEN")
 SENTRY_DSN = env_secret("SENTRY_DSN")
+init_sentry(SENTRY_DSN)  # optional: needs `pip install sentry-sdk` when set
 
 # --- Login rate limit (issue 6): per username and per client address.
 LOGIN_RATE_LIMIT = {
