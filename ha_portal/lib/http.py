@@ -8,6 +8,7 @@ never logged: they carry API keys and bearer tokens.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json as jsonlib
 import logging
 import re
@@ -18,6 +19,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
+import yarl
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ DEFAULT_CONNECTION_LIMIT = 200
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 CHUNK_BYTES = 64 * 1024
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+NO_AIOHTTP_TIMEOUT = aiohttp.ClientTimeout(total=None)
 
 
 class HttpError(Exception):
@@ -93,6 +96,10 @@ class HttpClient:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.limit),
             raise_for_status=False,
+            # request() bounds every exchange with asyncio.timeout: aiohttp's own
+            # 5-minute default would only add a timer per request (the prober
+            # makes 200 requests a second).
+            timeout=NO_AIOHTTP_TIMEOUT,
         )
         return self
 
@@ -144,14 +151,17 @@ class HttpClient:
         assert self._session is not None
         # No redirects: following one would hand the API key header to another host.
         async with self._session.request(
-            method, url, headers=headers, json=json, allow_redirects=False
+            method, parsed_url(url), headers=headers, json=json, allow_redirects=False
         ) as response:
             return response.status, await self._read_capped(response)
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self.max_body_bytes
-        if response.content_length is not None and response.content_length > limit:
-            raise HttpError(f"response body over {limit} bytes")
+        if response.content_length is not None:
+            if response.content_length > limit:
+                raise HttpError(f"response body over {limit} bytes")
+            # aiohttp reads no more than Content-Length: one read, no chunk loop.
+            return await response.read()
         chunks: list[bytes] = []
         size = 0
         # Read in chunks rather than trusting Content-Length: chunked replies have none.
@@ -161,6 +171,12 @@ class HttpClient:
                 raise HttpError(f"response body over {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+@functools.lru_cache(maxsize=4096)
+def parsed_url(url: str) -> yarl.URL:
+    """Parse a URL once: probes and sends call the same few URLs over and over."""
+    return yarl.URL(url)
 
 
 def check_headers(headers: Mapping[str, str]) -> None:

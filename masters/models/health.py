@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.utils import timezone
 
 from masters.choices import (
@@ -93,12 +93,21 @@ class ProberLease(models.Model):
 
     @classmethod
     def holds(cls, holder: str) -> bool:
-        """Say, inside the caller's transaction and with a lock, whether ``holder`` may write."""
-        return (
-            cls.objects.select_for_update()
-            .filter(name="prober", holder=holder, expires_at__gt=timezone.now())
-            .exists()
-        )
+        """Say, inside the caller's transaction and with a lock, whether ``holder`` may write.
+
+        In SQL: the prober asks before every batch, up to ten times a second,
+        and compiling the query took twice as long as running it.
+        """
+        connection = connections[cls.objects.db]
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        table = connection.ops.quote_name(cls._meta.db_table)
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT 1 FROM {table} WHERE name = %s AND holder = %s AND expires_at > %s{lock}",
+                ["prober", holder, now],
+            )
+            return cursor.fetchone() is not None
 
     @classmethod
     def report_stall(cls, grace: timedelta) -> Event | None:

@@ -156,7 +156,7 @@ class Master(models.Model):
 
     # --- health state machine (rules in masters.health) -------------------------
 
-    # What observe() changes: the prober saves these with one bulk_update.
+    # What observe() changes: the prober saves them in one statement (prober.save_health).
     HEALTH_FIELDS = (
         "health_status",
         "health_changed_at",
