@@ -325,6 +325,7 @@ class Prober:
                 asyncio.create_task(self.load_metrics_loop(stopping)),
                 asyncio.create_task(self.failover_loop(stopping)),
                 asyncio.create_task(self.recovery_loop(stopping)),
+                asyncio.create_task(self.alert_loop(stopping)),
             ]
             await stopping.wait()
             for task in tasks:
@@ -470,6 +471,25 @@ class Prober:
                         await self.recover(target)
             except DatabaseError:
                 logger.exception("prober %s: recovery step failed", self.name)
+
+    async def alert_loop(self, stopping: asyncio.Event) -> None:
+        """Every few seconds, evaluate the alert rules and send what is due.
+
+        The elected prober is the one evaluator, as it is the one writer of
+        health: no alert is raised twice, and one is never missed because
+        nobody was looking. The rules live in the monitoring app.
+        """
+        from monitoring.alerts.engine import evaluate
+
+        every_s = settings.ALERTS["evaluate_every_s"]
+        while not stopping.is_set():
+            await asyncio.sleep(every_s)
+            if not self.leader:
+                continue
+            try:
+                await self.db(evaluate)
+            except DatabaseError:
+                logger.exception("prober %s: alert evaluation failed", self.name)
 
     async def recover(self, target: Target) -> None:
         gateway, last = target.gateway, target.last_result

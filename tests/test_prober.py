@@ -186,3 +186,27 @@ def test_a_stopped_prober_hands_over_at_once_and_says_so(masters, start_prober):
         .values_list("kind", flat=True)
     )
     assert kinds == [EventKind.PROBER_ACQUIRED, EventKind.PROBER_STOPPED, EventKind.PROBER_ACQUIRED]
+
+
+def test_the_elected_prober_raises_and_resolves_the_master_down_alert(
+    masters, simulator, start_prober, settings
+):
+    from monitoring.alerts.choices import Rule
+    from monitoring.models import Alert, AlertState
+
+    settings.ALERTS = settings.ALERTS | {"evaluate_every_s": 1}
+    start_prober()
+    first = masters[0]
+    wait_until(lambda: status_of(first) == H)
+    sim_control(simulator, "a", "fail")
+    wait_until(
+        lambda: Alert.objects.filter(rule=Rule.MASTER_DOWN, master=first).exists(),
+        what="the master-down alert",
+    )
+    alert = Alert.objects.get(rule=Rule.MASTER_DOWN, master=first)
+    assert alert.state == AlertState.FIRING and alert.severity == "critical"
+    sim_control(simulator, "a", "recover")
+    wait_until(
+        lambda: Alert.objects.get(pk=alert.pk).state == AlertState.RESOLVED,
+        what="the alert resolved after recovery",
+    )
