@@ -250,17 +250,5 @@ class Router:
         if not stale:
             return 0
         expires_at = now + timedelta(seconds=ttl_s)
-        rows = [
-            ConversationAffinity(
-                contact=contact, master_id=decisions[contact], expires_at=expires_at
-            )
-            # Sorted: concurrent upserts lock rows in one order and cannot deadlock.
-            for contact in sorted(stale)
-        ]
-        ConversationAffinity.objects.bulk_create(
-            rows,
-            update_conflicts=True,
-            unique_fields=["contact"],
-            update_fields=["master", "expires_at", "updated_at"],
-        )
-        return len(rows)
+        ConversationAffinity.upsert({c: decisions[c] for c in stale}, expires_at, now)
+        return len(stale)
