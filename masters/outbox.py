@@ -121,17 +121,17 @@ def claim(owner: str, limit: int, lease: timedelta, router: Routes | None = None
             "updated_at": now,
         }
         if masters:
-            Message.objects.filter(pk__in=list(masters)).update(**claimed)
+            Message.objects.filter(pk__any=list(masters)).update(**claimed)
         by_master: dict[int, list[int]] = {}
         for message_id, master_id in routed.items():
             by_master.setdefault(master_id, []).append(message_id)
         # One UPDATE per chosen master (a handful), not a CASE per row.
         for master_id, ids in by_master.items():
-            Message.objects.filter(pk__in=ids).update(master_id=master_id, **claimed)
+            Message.objects.filter(pk__any=ids).update(master_id=master_id, **claimed)
         masters |= routed
         waiting = [message_id for message_id, _, _ in unassigned if message_id not in masters]
         if waiting:
-            Message.objects.filter(pk__in=waiting).update(
+            Message.objects.filter(pk__any=waiting).update(
                 next_attempt_at=now + NO_MASTER_DELAY,
                 last_error="waiting: no master is routable",
                 updated_at=now,
@@ -194,7 +194,7 @@ def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outco
     with transaction.atomic():
         rows = list(
             Message.objects.select_for_update()
-            .filter(pk__in=by_id, lease_owner=owner, status=MessageStatus.SENDING)
+            .filter(pk__any=list(by_id), lease_owner=owner, status=MessageStatus.SENDING)
             .order_by("pk")
             .only("pk", "epoch", "attempts", "expires_at", *RESULT_FIELDS)
         )
@@ -207,7 +207,7 @@ def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outco
             # The common case in bulk: what every sent row shares in one UPDATE,
             # and only the gateway's ids row by row (a per-field CASE over ten
             # fields made recording cost more than sending).
-            Message.objects.filter(pk__in=[row.pk for row in sent]).update(
+            Message.objects.filter(pk__any=[row.pk for row in sent]).update(
                 status=MessageStatus.SENT,
                 sent_at=now,
                 last_error="",

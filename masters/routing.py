@@ -191,7 +191,7 @@ class Router:
         self._stored = dict.fromkeys(contacts) | {
             contact: (master_id, expires_at)
             for contact, master_id, expires_at in ConversationAffinity.objects.filter(
-                contact__in=contacts
+                contact__any=list(contacts)
             ).values_list("contact", "master_id", "expires_at")
         }
         affinities = {
@@ -243,7 +243,7 @@ class Router:
             existing |= {
                 contact: (master_id, expires_at)
                 for contact, master_id, expires_at in ConversationAffinity.objects.filter(
-                    contact__in=unread
+                    contact__any=unread
                 ).values_list("contact", "master_id", "expires_at")
             }
         stale = affinities_to_write(decisions, existing, now=now, ttl_s=ttl_s)

@@ -56,3 +56,13 @@ def test_leaving_the_ttl_out_is_the_same_request_as_sending_the_default(settings
     first = enqueue(NewMessage("+971505760056", "hi", idempotency_key="ttl"))
     again = enqueue(NewMessage("+971505760056", "hi", idempotency_key="ttl", ttl_seconds=default))
     assert again.message.pk == first.message.pk and not again.created
+
+
+def test_the_any_lookup_matches_like_in_and_an_empty_list_matches_nothing():
+    ids = [enqueue(NewMessage(f"+97150123450{i}", f"any {i}")).message.pk for i in range(3)]
+    assert sorted(Message.objects.filter(pk__any=ids[:2]).values_list("pk", flat=True)) == ids[:2]
+    assert list(Message.objects.filter(to__any=["+971501234502"]).values_list("pk", flat=True)) == [
+        ids[2]
+    ]
+    assert not Message.objects.filter(pk__any=[]).exists()
+    assert Message.objects.filter(pk__any=ids).update(text="changed") == 3
