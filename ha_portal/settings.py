@@ -217,7 +217,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
+            # No socket timeout: redis-py 8 times reads out after 5 s by default,
+            # which breaks channels-redis' blocking receive (channels_redis#422).
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "capacity": 1000,
+                "expiry": 10,
+            },
         }
     }
 else:

@@ -1,22 +1,35 @@
-"""Pages for logged-in people: the masters overview (the live dashboard grows here)."""
+"""Pages for logged-in people: the live dashboard and a master's re-link QR code."""
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_safe
 
 from ha_portal.lib.http import HttpClient, run
 from masters.gateways import GatewayError, gateway_for
 from masters.models import Master
+from monitoring.live.dashboard import load_dashboard
+from monitoring.pages.views import viewer_required
+from monitoring.roles import OPERATE
 
 
+@require_safe
+@viewer_required
 def home(request: HttpRequest) -> HttpResponse:
-    masters = Master.objects.order_by("priority", "external_id")
-    return render(request, "monitoring/home.html", {"masters": masters})
+    """The dashboard, complete as rendered; its websocket keeps it live (monitoring.live)."""
+    return render(request, "monitoring/home.html", {"dashboard": load_dashboard()})
 
 
+@require_safe
 def master_qr(request: HttpRequest, external_id: str) -> HttpResponse:
-    """Show the QR code a logged-out master's gateway offers, to re-link its phone."""
+    """Show the QR code a logged-out master's gateway offers, to re-link its phone.
+
+    Operators only: a QR code is a short-lived credential for the account.
+    """
+    if not request.user.has_perm(OPERATE):
+        raise PermissionDenied
     master = get_object_or_404(Master, external_id=external_id)
     try:
         qr = run(_fetch_qr(master))

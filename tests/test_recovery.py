@@ -75,3 +75,9 @@ def test_the_master_page_shows_the_qr_code_of_a_logged_out_session(
     assert client.get("/masters/a/qr.png").status_code == 502, "no QR once linked"
     client.logout()
     assert client.get("/masters/a/qr.png").status_code == 302, "login required"
+
+
+def test_a_viewer_cannot_see_a_qr_code(master, simulator, client, viewer):
+    sim_control(simulator, "a", "logout")
+    client.force_login(viewer)
+    assert client.get("/masters/a/qr.png").status_code == 403

@@ -11,4 +11,5 @@ SECTIONS: dict[str, str] = {
     "detection": "monitoring.bench.detection",
     "throughput": "monitoring.bench.throughput",
     "failover": "monitoring.bench.failover",
+    "dashboard": "monitoring.bench.dashboard",
 }
