@@ -312,8 +312,7 @@ EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("ALERT_FROM_EMAIL", "HA Portal <ha-portal@localhost>")
 ALERTS = {
-    # How often the evaluator looks at the rules (seconds; critical ones are
-    # also evaluated the moment their event is written).
+    # How often the elected prober evaluates the rules (seconds).
     "evaluate_every_s": env_int("ALERT_EVALUATE_EVERY", 2, minimum=1),
     "delivery_timeout_s": env_int("ALERT_DELIVERY_TIMEOUT", 10, minimum=1, maximum=120),
     "delivery_attempts": env_int("ALERT_DELIVERY_ATTEMPTS", 5, minimum=1, maximum=50),

@@ -488,7 +488,7 @@ class Prober:
                 continue
             try:
                 await self.db(evaluate)
-            except DatabaseError:
+            except Exception:  # any failure (database, broker, a bug): log, retry next time
                 logger.exception("prober %s: alert evaluation failed", self.name)
 
     async def recover(self, target: Target) -> None:

@@ -96,8 +96,8 @@ class AlertDeliveryAdmin(ReadOnlyAdmin):
     list_filter = ("status", "notice")
     list_select_related = ("alert",)
     search_fields = ("target", "alert__title", "last_result")
-    # No "recipient": its __str__ is the webhook URL, which may carry the secret.
-    fields = list_display
+    # No "recipient" link: the target names it without its secret.
+    fields = (*list_display, "history")
 
 
 @admin.register(AlertSettings)

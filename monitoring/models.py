@@ -118,6 +118,8 @@ class AlertDelivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     # The last attempt's outcome: an HTTP status, "250 OK", or the error.
     last_result = models.TextField(blank=True)
+    # One entry per attempt: {"at": ISO time, "sent": bool, "result": text}.
+    history = models.JSONField(default=list, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -26,8 +26,9 @@ VIEW = [
     "masters.view_failoverevent",
     "masters.view_healthcheck",
     "masters.view_message",
-    "masters.view_alertrecipient",
     "masters.view_runtimesettings",
+    # Not the alert recipients: a webhook URL is often a credential (Slack's
+    # are). Admins see them with the edit permissions below.
     "monitoring.view_alert",
     "monitoring.view_alertdelivery",
     "monitoring.view_alertsettings",

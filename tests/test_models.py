@@ -140,3 +140,11 @@ def test_an_idempotency_key_is_unique():
     with pytest.raises(ValidationError) as caught:
         Message(idempotency_key="k", body_hash="h", to="+971501234568", text="b").full_clean()
     assert "idempotency_key" in str(caught.value)
+
+
+def test_a_webhook_recipient_is_named_without_its_path_or_credentials():
+    recipient = AlertRecipient(
+        kind="webhook", url="https://user:pw@hooks.slack.com:8443/services/T000/B000/XXXX?x=1"
+    )
+    recipient.format = "slack"
+    assert str(recipient) == "Slack incoming webhook https://hooks.slack.com:8443/…"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -101,7 +102,13 @@ class AlertRecipient(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.email if self.kind == RecipientKind.EMAIL else self.url
+        if self.kind == RecipientKind.EMAIL:
+            return self.email
+        # A webhook's path and query are often its credential (Slack's are):
+        # shown anywhere, only the scheme and host.
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{self.get_format_display()} {parts.scheme}://{parts.hostname}{port}/…"
 
     def __repr__(self) -> str:
         return f"<AlertRecipient {self.kind} {self}>"

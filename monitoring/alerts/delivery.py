@@ -157,13 +157,19 @@ def queue_notices(notices: Iterable[tuple[Alert, str]], now: datetime) -> list[i
         for alert, notice in notices
         if delivery_enabled(alert.severity, runtime)
         for recipient in recipients
-        if recipient.wants(alert.severity)
+        if recipient.wants(alert.severity) and not _pagerduty_info(recipient, alert)
     ]
     created = AlertDelivery.objects.bulk_create(rows)
     ids = [row.pk for row in created]
     for pk in ids:
         transaction.on_commit(partial(async_task, TASK, pk, now))
     return ids
+
+
+def _pagerduty_info(recipient: AlertRecipient, alert: Alert) -> bool:
+    """Info alerts never go to PagerDuty: born resolved, they would open an
+    incident that no resolve ever closes (info is the plan's "log only")."""
+    return alert.severity == Severity.INFO and recipient.format == WebhookFormat.PAGERDUTY
 
 
 def enqueue_due(now: datetime) -> list[int]:
@@ -250,6 +256,11 @@ def attempt(delivery: AlertDelivery) -> Outcome:
 def record(delivery: AlertDelivery, outcome: Outcome, now: datetime) -> None:
     """Store the attempt's result: sent, retrying with backoff, or failed for good."""
     delivery.last_result = outcome.result[:2000]
+    # Every attempt's result, oldest first (the admin and the dashboard show them).
+    delivery.history = [
+        *delivery.history,
+        {"at": now.isoformat(), "sent": outcome.sent, "result": outcome.result[:500]},
+    ]
     if outcome.sent:
         delivery.status, delivery.finished_at, delivery.next_attempt_at = (
             DeliveryStatus.SENT,
@@ -265,7 +276,9 @@ def record(delivery: AlertDelivery, outcome: Outcome, now: datetime) -> None:
             now,
             None,
         )
-    delivery.save(update_fields=["status", "last_result", "next_attempt_at", "finished_at"])
+    delivery.save(
+        update_fields=["status", "last_result", "history", "next_attempt_at", "finished_at"]
+    )
     if delivery.finished_at is not None:
         release_next(delivery, now)
     log = logger.info if outcome.sent else logger.warning

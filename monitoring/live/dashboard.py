@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from itertools import count
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Prefetch, Q, Sum
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
@@ -22,7 +22,7 @@ from masters.choices import FailoverStatus, HealthStatus, MessageStatus
 from masters.load import IN_QUEUE
 from masters.models import Event, FailoverEvent, HealthCheck, LoadMetric, Master, Message
 from monitoring.charts import sparkline as draw_sparkline
-from monitoring.models import Alert
+from monitoring.models import Alert, AlertDelivery
 
 TREND_WINDOW = timedelta(hours=1)
 TREND_BUCKETS = 12  # five minutes each
@@ -30,6 +30,7 @@ TRENDS_MAX_AGE_S = 30.0
 EVENTS_SHOWN = 25
 FAILOVERS_SHOWN = 10
 ALERTS_SHOWN = 50
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 # Series colours of the load chart (CSS classes series-0 .. series-7), reused past eight masters.
 SERIES = 8
 
@@ -138,10 +139,14 @@ def load_dashboard(trends: Trends | None = None, now: datetime | None = None) ->
         totals=_totals(masters, queued, in_flight, now),
         trends=trends,
         failovers=_failovers(),
-        alerts=list(
+        alerts=sorted(
             Alert.objects.open()
             .select_related("master", "acknowledged_by")
-            .order_by("-fired_at", "-pk")[:ALERTS_SHOWN]
+            # Who was told, and how each attempt went (one query for all alerts).
+            .prefetch_related(Prefetch("deliveries", AlertDelivery.objects.order_by("pk")))
+            .order_by("-fired_at", "-pk")[:ALERTS_SHOWN],
+            # Critical first, then warnings; newest first within each.
+            key=lambda alert: SEVERITY_ORDER.get(alert.severity, len(SEVERITY_ORDER)),
         ),
         events=events,
         last_event_id=events[0].pk if events else 0,

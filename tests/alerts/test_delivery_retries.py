@@ -49,6 +49,10 @@ def test_a_receiver_error_is_retried_after_the_backoff(master_a, receiver):
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.SENT, 2)
     assert delivery.last_result.startswith("HTTP 200") and delivery.finished_at is not None
+    assert [(a["sent"], a["result"][:8]) for a in delivery.history] == [
+        (False, "HTTP 500"),
+        (True, "HTTP 200"),
+    ], "every attempt is kept, not just the last"
     first, second = receiver.to("/flaky")
     assert first.headers["X-HA-Portal-Delivery"] == second.headers["X-HA-Portal-Delivery"]
     assert (first.json()["delivery"]["attempt"], second.json()["delivery"]["attempt"]) == (1, 2)

@@ -9,8 +9,8 @@ import time
 import pytest
 from django.utils import timezone
 
-from masters.choices import HealthStatus, WebhookFormat
-from masters.models import Master
+from masters.choices import EventKind, HealthStatus, WebhookFormat
+from masters.models import Event, Master
 from monitoring.alerts.engine import acknowledge, evaluate
 from monitoring.models import AlertDelivery
 from tests.alerts.conftest import webhook
@@ -157,3 +157,21 @@ def test_https_webhooks_check_the_certificate_of_the_host_named(tls_receiver, ou
     assert (delivery.status, delivery.attempts) == ("sent", 2)
     [request] = tls_receiver.to("/hook")
     assert request.headers["Host"] == tls_receiver.url.removeprefix("https://")
+
+
+def test_info_alerts_reach_who_wants_them_but_never_pagerduty(receiver, outage):
+    info_only = {"wants_info": True, "wants_critical": False, "wants_warning": False}
+    webhook(f"{receiver.url}/pd", format=WebhookFormat.PAGERDUTY, secret=ROUTING_KEY, **info_only)
+    webhook(f"{receiver.url}/log", **info_only)
+    receiver.always["/pd"] = 202
+    Event.record(
+        EventKind.HEALTH_CHANGED,
+        "Linda-Master recovered",
+        master=outage.master,
+        **{"from": HealthStatus.FAILED, "to": HealthStatus.HEALTHY},
+    )
+    evaluate()
+    [notice] = receiver.to("/log")
+    assert notice.json()["alert"]["severity"] == "info"
+    # Born resolved, an info alert would open a PagerDuty incident nothing closes.
+    assert receiver.to("/pd") == []

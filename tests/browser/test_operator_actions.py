@@ -74,7 +74,8 @@ def test_an_operator_acknowledges_an_alert(web, new_page, operator, viewer, trio
 
     row = page.locator(f"#alert-{alert.pk}")
     expect(row).to_contain_text("Firing")
-    row.get_by_role("button", name="Acknowledge").click()
+    row.get_by_role("link", name="Acknowledge…").click()
+    page.get_by_role("button", name="Acknowledge").click()  # the confirmation page
     page.wait_for_url(f"{web.url}/")
 
     alert.refresh_from_db()
@@ -83,7 +84,8 @@ def test_an_operator_acknowledges_an_alert(web, new_page, operator, viewer, trio
         expect(browser_page.locator(f"#alert-{alert.pk}")).to_contain_text(
             f"Acknowledged by {operator.get_username()}"
         )
-    expect(page.locator(f"#alert-{alert.pk}").get_by_role("button")).to_have_count(0)
+    acknowledge = page.locator(f"#alert-{alert.pk}").get_by_role("link", name="Acknowledge…")
+    expect(acknowledge).to_have_count(0)
 
 
 def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(web, new_page, viewer, trio):
@@ -101,7 +103,7 @@ def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(web, new_page, vie
     expect(page.locator(f"#alert-{alert.pk}")).to_contain_text("Firing")
     for name in ["Fail over…", "Maintenance…", "Roll back…"]:
         expect(page.get_by_role("link", name=name)).to_have_count(0)
-    expect(page.get_by_role("button", name="Acknowledge")).to_have_count(0)
+    expect(page.get_by_role("link", name="Acknowledge…")).to_have_count(0)
 
     token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
     forged = {
