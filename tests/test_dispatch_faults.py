@@ -155,3 +155,29 @@ def test_a_send_that_never_started_goes_back_uncounted():
     message = Message.objects.get()
     assert (message.status, message.attempts) == (MessageStatus.RETRYING, 0)
     assert message.next_attempt_at <= timezone.now() + timedelta(seconds=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_a_mixed_batch_writes_each_outcome_once_and_fenced():
+    a = make_master("a")
+    b = make_master("b", "+971505760057", gateway_url="http://127.0.0.2:3000")
+    enqueue_batch([NewMessage(f"+9715012341{i:02d}", f"m{i}") for i in range(4)])
+    claimed = outbox.claim("d", 10, timedelta(seconds=30))
+    Message.objects.filter(pk__any=[c.id for c in claimed]).update(master=a)
+    plain, elsewhere, failed, stale = claimed
+    Message.objects.filter(pk=stale.id).update(epoch=stale.epoch + 1)  # a failover took it
+    outcomes = [
+        outbox.Outcome(plain.id, plain.epoch, a.pk, gateway_message_id="gw-plain"),
+        outbox.Outcome(elsewhere.id, elsewhere.epoch, b.pk, gateway_message_id="gw-b"),
+        outbox.Outcome(failed.id, failed.epoch, a.pk, error="HTTP 500"),
+        outbox.Outcome(stale.id, stale.epoch, a.pk, gateway_message_id="gw-stale"),
+    ]
+    written = outbox.record("d", outcomes, 10)
+    assert {o.message_id for o in written} == {plain.id, elsewhere.id, failed.id}
+    rows = {m.pk: m for m in Message.objects.all()}
+    assert (rows[plain.id].status, rows[plain.id].gateway_message_id) == ("sent", "gw-plain")
+    assert rows[plain.id].lease_owner == "" and rows[plain.id].sent_at is not None
+    assert (rows[elsewhere.id].status, rows[elsewhere.id].master_id) == ("sent", b.pk)
+    assert rows[elsewhere.id].gateway_message_id == "gw-b"
+    assert (rows[failed.id].status, rows[failed.id].last_error) == ("retrying", "HTTP 500")
+    assert (rows[stale.id].status, rows[stale.id].gateway_message_id) == ("sending", "")
