@@ -155,3 +155,12 @@ def prune_affinities(now: datetime | None = None) -> int:
     """Delete expired conversation affinities: a contact with none is routed afresh."""
     deleted, _ = ConversationAffinity.objects.filter(expires_at__lte=now or timezone.now()).delete()
     return deleted
+
+
+def prune_alerts(now: datetime | None = None) -> int:
+    """Delete alerts resolved before the roll-up window (90 days), with their deliveries."""
+    from monitoring.models import Alert, AlertState  # monitoring builds on masters
+
+    cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH["rollup_retention_days"])
+    _, per_model = Alert.objects.filter(state=AlertState.RESOLVED, resolved_at__lt=cutoff).delete()
+    return per_model.get(Alert._meta.label, 0)  # alerts, not counting their deliveries

@@ -31,6 +31,9 @@ def roll_up_health_checks() -> retention.RollupResult:
     expired = retention.prune_affinities()
     if expired:
         logger.info("conversation affinities: %d expired deleted", expired)
+    old_alerts = retention.prune_alerts()
+    if old_alerts:
+        logger.info("alerts: %d rows resolved before the retention window deleted", old_alerts)
     return result
 
 

@@ -8,7 +8,12 @@ import pytest
 
 from masters.choices import HealthStatus
 from masters.models import ConversationAffinity, HealthCheck, HealthRollup
-from masters.retention import RollupResult, prune_affinities, roll_up_health_checks
+from masters.retention import (
+    RollupResult,
+    prune_affinities,
+    prune_alerts,
+    roll_up_health_checks,
+)
 from tests.conftest import make_master
 
 pytestmark = pytest.mark.django_db
@@ -239,3 +244,33 @@ def test_expired_conversation_affinities_are_deleted_and_live_ones_kept(m1):
         ConversationAffinity.objects.create(contact=contact, master=m1, expires_at=expires_at)
     assert prune_affinities(now) == 2
     assert list(ConversationAffinity.objects.values_list("contact", flat=True)) == ["+971501234563"]
+
+
+def test_alerts_resolved_before_the_window_go_with_their_deliveries_open_ones_stay(m1):
+    from monitoring.models import Alert, AlertDelivery, AlertState
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    old = now - timedelta(days=91)
+
+    def alert(key: str, state: str, resolved_at=None) -> Alert:
+        return Alert.objects.create(
+            dedup_key=key,
+            rule="master_down",
+            severity="critical",
+            state=state,
+            title=key,
+            fired_at=old,
+            last_seen_at=old,
+            resolved_at=resolved_at,
+        )
+
+    gone = alert("old-resolved", AlertState.RESOLVED, resolved_at=old)
+    AlertDelivery.objects.create(alert=gone, notice="trigger", target="email to a@b.c")
+    alert("recent-resolved", AlertState.RESOLVED, resolved_at=now - timedelta(days=1))
+    alert("still-firing", AlertState.FIRING)
+    assert prune_alerts(now) == 1
+    assert sorted(Alert.objects.values_list("dedup_key", flat=True)) == [
+        "recent-resolved",
+        "still-firing",
+    ]
+    assert not AlertDelivery.objects.exists()

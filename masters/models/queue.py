@@ -100,6 +100,13 @@ class Message(models.Model):
             ),
             # Failover: a master's pending and in-flight work; dashboard counts.
             models.Index(fields=["master", "status"], name="message_master_status_idx"),
+            # The dashboard's "dead in the last hour": dead rows only (few), so
+            # no other update ever touches it.
+            models.Index(
+                fields=["updated_at"],
+                name="message_dead_idx",
+                condition=Q(status="dead"),
+            ),
             # Lease reclaim: claimed messages whose lease ran out.
             models.Index(
                 fields=["lease_expires_at"],
