@@ -222,25 +222,31 @@ def refresh(alert: Alert, finding: rules.Firing, now: datetime) -> bool:
     return True
 
 
+def create_alert(finding: rules.Firing, now: datetime, **fields) -> Alert:
+    """Write the Alert row for a finding, as told at ``now`` (its first notice)."""
+    values = {
+        "dedup_key": finding.key,
+        "rule": finding.rule,
+        "severity": finding.severity,
+        "master_id": finding.master_id,
+        "title": finding.title,
+        "detail": finding.detail,
+        "data": finding.data,
+        "fired_at": now,
+        "last_seen_at": now,
+        "last_notified_at": now,
+        "notify_count": 1,
+    }
+    return Alert.objects.create(**(values | fields))
+
+
 def open_alert(
     finding: rules.Firing, now: datetime, notices: Notices, result: Evaluation
 ) -> Alert | None:
     """Open an alert and queue its trigger notice; None if one is open already."""
     try:
         with transaction.atomic():
-            alert = Alert.objects.create(
-                dedup_key=finding.key,
-                rule=finding.rule,
-                severity=finding.severity,
-                master_id=finding.master_id,
-                title=finding.title,
-                detail=finding.detail,
-                data=finding.data,
-                fired_at=now,
-                last_seen_at=now,
-                last_notified_at=now,
-                notify_count=1,
-            )
+            alert = create_alert(finding, now)
     except IntegrityError:
         # Another evaluator opened it a moment ago: the constraint kept it single.
         logger.info("alert %s already open", finding.key)
@@ -352,20 +358,8 @@ def record_info(finding: rules.Firing, now: datetime, notices: Notices, result: 
 
     No alert.fired Event for it: it restates the event it came from.
     """
-    alert = Alert.objects.create(
-        dedup_key=finding.key,
-        rule=finding.rule,
-        severity=Severity.INFO,
-        state=AlertState.RESOLVED,
-        master_id=finding.master_id,
-        title=finding.title,
-        detail=finding.detail,
-        data=finding.data,
-        fired_at=now,
-        last_seen_at=now,
-        resolved_at=now,
-        last_notified_at=now,
-        notify_count=1,
+    alert = create_alert(
+        finding, now, severity=Severity.INFO, state=AlertState.RESOLVED, resolved_at=now
     )
     logger.info("info: %s: %s", alert.title, alert.detail)
     notices.append((alert, Notice.TRIGGER))
