@@ -194,19 +194,6 @@ def _route(router: Routes, messages: list[tuple[int, str, str]]) -> dict[int, in
     return kept
 
 
-def release(owner: str, ids: list[int], delay: timedelta, reason: str) -> None:
-    """Give claimed messages back unsent (no routable master): they wait, uncounted."""
-    Message.objects.filter(pk__in=ids, lease_owner=owner, status=MessageStatus.SENDING).update(
-        status=MessageStatus.QUEUED,
-        lease_owner="",
-        lease_expires_at=None,
-        attempts=F("attempts") - 1,
-        next_attempt_at=timezone.now() + delay,
-        last_error=reason,
-        updated_at=timezone.now(),
-    )
-
-
 def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outcome]:
     """Write send results for claims still ours; return the outcomes that were written."""
     if not outcomes:
