@@ -140,23 +140,10 @@ class Dispatcher:
                 task = asyncio.create_task(self.send(message))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
-            await self.remember(claimed)
             if len(claimed) < limit:
                 # The queue is (nearly) empty: wait a moment or until told to stop.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), IDLE_WAIT_S)
-
-    async def remember(self, claimed: list[Claimed]) -> None:
-        """Save the conversations the claim just routed, so the contact's next message follows."""
-        contacts = {m.to: m.master_id for m in claimed if m.routed}
-        if not contacts:
-            return
-        try:
-            await self.on(self.claim_thread, self.router.remember, contacts)
-        except DatabaseError:
-            # Affinity is a preference: losing one write costs a conversation its
-            # master, never a message.
-            logger.exception("%s: saving conversation affinities failed", self.name)
 
     async def send(self, message: Claimed) -> None:
         master_id = message.master_id

@@ -10,6 +10,7 @@ never overwritten by a late writer.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from masters.choices import HealthStatus, MessageStatus
-from masters.models import Master, Message
+from masters.models import ConversationAffinity, Master, Message
 
 if TYPE_CHECKING:
     from masters.balancing import Decision
@@ -45,7 +46,7 @@ class Claimed:
     attempts: int
     idempotency_key: str
     lease_expires_at: datetime
-    # True when this claim chose the master (a new conversation turn to remember).
+    # True when this claim chose the master (the router's choice, not the row's).
     routed: bool = False
 
 
@@ -80,7 +81,9 @@ NO_MASTER_DELAY = timedelta(seconds=1)
 class Routes(Protocol):
     """What the claim needs of a router (masters.routing.Router)."""
 
-    def route_many(self, messages: list[tuple[int, str, str]]) -> dict[int, Decision]: ...
+    def route_many(
+        self, messages: list[tuple[int, str, str]], affinities: dict[str, int] | None = None
+    ) -> dict[int, Decision]: ...
 
     def invalidate(self) -> None: ...
 
@@ -97,25 +100,24 @@ def claim(owner: str, limit: int, lease: timedelta, router: Routes | None = None
     ``NO_MASTER_DELAY``.
     """
     now = timezone.now()
-    sendable = Master.objects.filter(is_active=True, health_status__in=SENDABLE).values("pk")
-    due = (
-        Message.objects.filter(status__in=PENDING, next_attempt_at__lte=now)
-        .filter(Q(master__isnull=True) | Q(master__in=sendable))
-        .order_by("priority", "next_attempt_at", "id")
-    )
-    with transaction.atomic():
-        if connection.features.has_select_for_update_skip_locked:
-            due = due.select_for_update(skip_locked=True, of=("self",))
-        rows = list(due.values_list(*CLAIM_FIELDS)[:limit])
+    at = connection.ops.adapt_datetimefield_value(now)  # what the ORM would send
+    params = [*PENDING, at, *SENDABLE, limit]
+    if router is not None:
+        params.insert(0, at)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_claim_sql(connection.vendor, router is not None), params)
+        rows = cursor.fetchall()
         if not rows:
             return []
         masters = {row[0]: row[4] for row in rows if row[4] is not None or router is None}
-        unassigned = [(row[0], row[1], row[3]) for row in rows if row[0] not in masters]
-        routed = _route(router, unassigned) if unassigned else {}
+        unassigned = [row for row in rows if row[0] not in masters]
+        picked = _route(router, unassigned) if unassigned else {}
         expires = now + lease
-        _mark_claimed(masters | routed, owner, expires, now)
+        routed = _mark_claimed(masters, picked, owner, expires, now)
+        if len(routed) < len(picked):
+            router.invalidate()  # a master left rotation since the snapshot
         masters |= routed
-        waiting = [message_id for message_id, _, _ in unassigned if message_id not in masters]
+        waiting = [row[0] for row in unassigned if row[0] not in masters]
         if waiting:
             Message.objects.filter(pk__any=waiting).update(
                 next_attempt_at=now + NO_MASTER_DELAY,
@@ -135,67 +137,119 @@ def claim(owner: str, limit: int, lease: timedelta, router: Routes | None = None
             expires,
             routed=id_ in routed,
         )
-        for id_, to, text, region, master_id, epoch, attempts, key in rows
+        for id_, to, text, region, master_id, epoch, attempts, key, *_ in rows
         if id_ in masters
     ]
 
 
-def _mark_claimed(masters: dict[int, int | None], owner: str, expires: datetime, now) -> None:
-    """Mark messages as sending under this claim, each with its master.
+@functools.cache
+def _claim_sql(vendor: str, with_affinity: bool) -> str:
+    """The claim's SELECT: due messages in priority order, locked, waiting ones skipped.
 
-    On PostgreSQL one UPDATE joins the (id, master) pairs as two arrays, so a
-    balanced batch costs the same statement as a pre-assigned one. Elsewhere,
-    one UPDATE per master (a handful), not a CASE per row.
+    Written once per process: composed by the ORM it cost 1.7 ms a batch
+    (2.9 ms with the affinity), as much as claiming a hundred messages.
+    With ``with_affinity`` each unassigned row also brings its contact's
+    current master, so routing a batch costs no query of its own. Retried and
+    failed-over messages keep their master while it can send.
     """
-    if not masters:
-        return
+    quote = connection.ops.quote_name
+    message, master = quote(Message._meta.db_table), quote(Master._meta.db_table)
+    affinity = quote(ConversationAffinity._meta.db_table)
+    columns = ", ".join(f"m.{quote(Message._meta.get_field(f).column)}" for f in CLAIM_FIELDS)
+    if with_affinity:
+        columns += (
+            f", CASE WHEN m.master_id IS NULL THEN (SELECT a.master_id FROM {affinity} AS a "
+            'WHERE a.contact = m."to" AND a.expires_at > %s) END'
+        )
+    sql = (
+        f"SELECT {columns} FROM {message} AS m "
+        f"WHERE m.status IN ({', '.join(['%s'] * len(PENDING))}) AND m.next_attempt_at <= %s "
+        f"AND (m.master_id IS NULL OR m.master_id IN (SELECT id FROM {master} "
+        f"WHERE is_active AND health_status IN ({', '.join(['%s'] * len(SENDABLE))}))) "
+        "ORDER BY m.priority, m.next_attempt_at, m.id LIMIT %s"
+    )
+    if connection.features.has_select_for_update_skip_locked:
+        sql += " FOR UPDATE OF m SKIP LOCKED"
+    return sql
+
+
+def _mark_claimed(
+    assigned: dict[int, int | None],
+    picked: dict[int, int],
+    owner: str,
+    expires: datetime,
+    now: datetime,
+) -> dict[int, int]:
+    """Mark messages as sending under this claim, each with its master; return the routed ones.
+
+    ``assigned`` keep the master they have. ``picked`` are the router's
+    choices, kept only if their master is still routable: the router's
+    snapshot may be a moment old, and a master that left rotation since then
+    gets no new message. On PostgreSQL one UPDATE joins the (id, master) pairs
+    as two arrays and checks the masters in the same statement, so a balanced
+    batch costs the statement a pre-assigned one does. Elsewhere, a query
+    for the routable masters and one UPDATE per master (a handful).
+    """
     claimed = {
         "status": MessageStatus.SENDING,
         "lease_owner": owner,
         "lease_expires_at": expires,
         "updated_at": now,
     }
+    rows = assigned | picked
+    if not rows:
+        return {}
     if connection.vendor == "postgresql":
-        table = connection.ops.quote_name(Message._meta.db_table)
+        quote = connection.ops.quote_name
+        routable = sorted(ROUTABLE)
+        # A row keeps its master, or takes a routable one.
+        check = (
+            " AND (m.master_id IS NOT DISTINCT FROM claim.master_id OR claim.master_id IN "
+            f"(SELECT id FROM {quote(Master._meta.db_table)} WHERE is_active "
+            f"AND health_status IN ({', '.join(['%s'] * len(routable))}))) RETURNING m.id"
+        )
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {table} AS m SET status = %s, lease_owner = %s, "
+                f"UPDATE {quote(Message._meta.db_table)} AS m SET status = %s, lease_owner = %s, "
                 "lease_expires_at = %s, updated_at = %s, attempts = m.attempts + 1, "
                 "master_id = claim.master_id "
                 "FROM unnest(%s::bigint[], %s::bigint[]) AS claim (id, master_id) "
-                "WHERE m.id = claim.id",
-                [*claimed.values(), list(masters), list(masters.values())],
+                "WHERE m.id = claim.id" + (check if picked else ""),
+                [*claimed.values(), list(rows), list(rows.values())] + (routable if picked else []),
             )
-        return
-    by_master: dict[int | None, list[int]] = {}
-    for message_id, master_id in masters.items():
-        by_master.setdefault(master_id, []).append(message_id)
-    for master_id, ids in by_master.items():
-        Message.objects.filter(pk__any=ids).update(
-            master_id=master_id, attempts=F("attempts") + 1, **claimed
-        )
-
-
-def _route(router: Routes, messages: list[tuple[int, str, str]]) -> dict[int, int]:
-    """Route (id, to, region) triples; keep only choices whose master is still routable.
-
-    The router's snapshot may be a moment old: a master that left rotation
-    since then gets no new message, and the router looks again next time.
-    """
-    picked = {m_id: d.candidate_id for m_id, d in router.route_many(messages).items()}
+            marked = {row[0] for row in cursor.fetchall()} if picked else set()
+        return {m_id: master_id for m_id, master_id in picked.items() if m_id in marked}
     routable = set(
         Master.objects.filter(
             pk__in=set(picked.values()), is_active=True, health_status__in=ROUTABLE
         ).values_list("pk", flat=True)
     )
-    kept = {m_id: master_id for m_id, master_id in picked.items() if master_id in routable}
-    if len(kept) < len(picked):
-        router.invalidate()
-    return kept
+    routed = {m_id: master_id for m_id, master_id in picked.items() if master_id in routable}
+    by_master: dict[int | None, list[int]] = {}
+    for message_id, master_id in (assigned | routed).items():
+        by_master.setdefault(master_id, []).append(message_id)
+    for master_id, ids in by_master.items():
+        Message.objects.filter(pk__any=ids).update(
+            master_id=master_id, attempts=F("attempts") + 1, **claimed
+        )
+    return routed
+
+
+def _route(router: Routes, rows: list[tuple]) -> dict[int, int]:
+    """Route unassigned claim rows: message id -> the router's choice of master."""
+    messages = [(row[0], row[1], row[3]) for row in rows]
+    affinities = {row[1]: row[8] for row in rows if row[8] is not None}
+    decisions = router.route_many(messages, affinities)
+    return {m_id: decision.candidate_id for m_id, decision in decisions.items()}
 
 
 def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outcome]:
-    """Write send results for claims still ours; return the outcomes that were written."""
+    """Write send results for claims still ours; return the outcomes that were written.
+
+    Each sent message also points its contact at the master that sent it
+    (conversation affinity), in the same transaction: the contact's next
+    message follows the number it just heard from, whichever way it was routed.
+    """
     if not outcomes:
         return []
     now = timezone.now()
@@ -210,7 +264,7 @@ def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outco
             Message.objects.select_for_update()
             .filter(pk__any=list(by_id), lease_owner=owner, status=MessageStatus.SENDING)
             .order_by("pk")
-            .only("pk", "epoch", "attempts", "expires_at", *RESULT_FIELDS)
+            .only("pk", "to", "epoch", "attempts", "expires_at", *RESULT_FIELDS)
         )
         # A row whose epoch moved on was taken by a failover or a reclaim while
         # we sent: not ours to write.
@@ -235,6 +289,13 @@ def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outco
         for row in rest:
             _apply(row, by_id[row.pk], now, max_attempts)
         Message.objects.bulk_update(rest, RESULT_FIELDS)
+        # In id order, so a contact's latest message names its master.
+        delivered = sorted(
+            sent + [row for row in rest if row.status == MessageStatus.SENT], key=lambda r: r.pk
+        )
+        senders = {row.to: row.master_id for row in delivered}
+        if senders:
+            ConversationAffinity.remember(senders, now)
     ours_ids = {row.pk for row in ours} | written
     return [outcome for outcome in outcomes if outcome.message_id in ours_ids]
 
@@ -252,9 +313,10 @@ def _record_sent_in_one_statement(owner: str, outcomes: list[Outcome], now) -> s
     if not sent or connection.vendor != "postgresql":
         return set()
     table = connection.ops.quote_name(Message._meta.db_table)
+    remember, remember_params = ConversationAffinity.remember_sql("sent", now)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} AS m SET status = %s, sent_at = %s, last_error = '', "
+            f"WITH sent AS (UPDATE {table} AS m SET status = %s, sent_at = %s, last_error = '', "
             "lease_owner = '', lease_expires_at = NULL, updated_at = %s, "
             "gateway_message_id = result.gateway_message_id "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::varchar[]) "
@@ -262,7 +324,9 @@ def _record_sent_in_one_statement(owner: str, outcomes: list[Outcome], now) -> s
             "WHERE m.id = result.id AND m.epoch = result.epoch "
             "AND m.master_id = result.master_id "
             "AND m.lease_owner = %s AND m.status = %s "
-            "RETURNING m.id",
+            'RETURNING m.id, m."to", m.master_id), '
+            f"remembered AS ({remember}) "
+            "SELECT id FROM sent",
             [
                 MessageStatus.SENT,
                 now,
@@ -273,6 +337,7 @@ def _record_sent_in_one_statement(owner: str, outcomes: list[Outcome], now) -> s
                 [o.gateway_message_id for o in sent],
                 owner,
                 MessageStatus.SENDING,
+                *remember_params,
             ],
         )
         return {row[0] for row in cursor.fetchall()}

@@ -8,6 +8,9 @@ assigned since the snapshot so least-loaded spreads between refreshes. The
 strategy comes from ``RuntimeSettings`` at each refresh: an admin's switch
 takes effect within one snapshot age.
 
+The router only reads conversation affinities: ``outbox.record`` writes them,
+pointing each contact at the master that actually sent to it.
+
 Only healthy, active masters are routable. When none is, ``route`` returns
 None and the message waits in the queue.
 """
@@ -27,7 +30,6 @@ from masters.balancing import (
     Candidate,
     Decision,
     Snapshot,
-    affinities_to_write,
     pick,
     recipient_country,
     region_code,
@@ -116,7 +118,7 @@ def recovered_at(masters: list[Master], now: datetime, slow_start_s: float) -> d
 
 
 class Router:
-    """Choose masters for messages from a cached snapshot; remember conversations."""
+    """Choose masters for messages from a cached snapshot, keeping conversations together."""
 
     def __init__(
         self, *, clock: Callable[[], datetime] = timezone.now, seed: int | None = None
@@ -127,9 +129,11 @@ class Router:
         self._snapshot: Snapshot | None = None
         self._max_age = timedelta(0)
         self._options: dict[str, float] = {}
-        # Affinity rows (contact -> (master, expires_at), or None for no row)
-        # that the last route_many read, for remember().
-        self._stored: dict[str, tuple[int, datetime] | None] = {}
+        # Contacts this router chose a master for within the last lease,
+        # oldest first. Their affinity row is written when the send is
+        # recorded (outbox.record); until then the router itself keeps the
+        # conversation on its master.
+        self._recent: dict[str, tuple[int, datetime]] = {}
 
     def invalidate(self) -> None:
         """Force a fresh snapshot (and strategy) on next use."""
@@ -175,36 +179,51 @@ class Router:
         )
         return self._pick(snapshot, now, to, region_hint, affinity_id)
 
-    def route_many(self, messages: list[tuple[int, str, str]]) -> dict[int, Decision]:
-        """Choose masters for (message id, to, region) triples, reading affinities in one query.
+    def route_many(
+        self, messages: list[tuple[int, str, str]], affinities: dict[str, int] | None = None
+    ) -> dict[int, Decision]:
+        """Choose masters for (message id, to, region) triples.
 
-        Messages left out of the answer have no routable master and stay queued.
-        A contact routed earlier in the batch keeps that master for the rest of it.
+        ``affinities`` maps contact to current master where the caller read
+        them already (the claim does, with the rows); without it they are
+        read here in one query. Messages left out of the answer have no
+        routable master and stay queued. A contact routed earlier in the batch
+        keeps that master, and so does one this router routed within the last
+        lease (its affinity row is written only when the send is recorded).
         """
         now = self.clock()
         snapshot = self.snapshot(now)
         if not snapshot.candidates or not messages:
             return {}
         contacts = {to for _, to, _ in messages}
-        # Expired rows too, and None for no row: remember() needs both to
-        # decide what to write without reading them again.
-        self._stored = dict.fromkeys(contacts) | {
-            contact: (master_id, expires_at)
-            for contact, master_id, expires_at in ConversationAffinity.objects.filter(
-                contact__any=list(contacts)
-            ).values_list("contact", "master_id", "expires_at")
-        }
-        affinities = {
-            contact: stored[0]
-            for contact, stored in self._stored.items()
-            if stored is not None and stored[1] > now
-        }
+        if affinities is None:
+            affinities = dict(
+                ConversationAffinity.objects.filter(
+                    contact__any=list(contacts), expires_at__gt=now
+                ).values_list("contact", "master_id")
+            )
+        self._forget_before(now - timedelta(seconds=settings.QUEUE["lease_s"]))
+        # A contact with no row may have one on its way: this router's own
+        # choice, whose send is not recorded yet. A row wins (a failover moves rows).
+        recent = self._recent
+        affinities = {c: recent[c][0] for c in contacts if c in recent} | affinities
         decisions = {}
         for message_id, to, region in messages:
             decision = self._pick(snapshot, now, to, region, affinities.get(to))
             affinities[to] = decision.candidate_id
+            self._recent.pop(to, None)  # re-inserted last: the dict stays oldest first
+            self._recent[to] = (decision.candidate_id, now)
             decisions[message_id] = decision
         return decisions
+
+    def _forget_before(self, cutoff: datetime) -> None:
+        """Drop the oldest recent choices, those made before ``cutoff``."""
+        recent = self._recent
+        while recent:
+            contact, (_, chosen_at) = next(iter(recent.items()))
+            if chosen_at >= cutoff:
+                return
+            del recent[contact]
 
     def _pick(
         self, snapshot: Snapshot, now: datetime, to: str, region: str, affinity_id: int | None
@@ -224,31 +243,3 @@ class Router:
         )
         snapshot.add_pending(decision.candidate_id)
         return decision
-
-    def remember(self, decisions: dict[str, int]) -> int:
-        """Save contact → master affinities; return how many rows were written.
-
-        Only new rows, rows that moved to another master and rows expiring
-        within half the TTL are written, in one upsert.
-        """
-        if not decisions:
-            return 0
-        now = self.clock()
-        ttl_s = settings.BALANCING["affinity_ttl_s"]
-        # route_many just read these contacts' rows: read only the others.
-        existing = {c: self._stored[c] for c in decisions if self._stored.get(c)}
-        unread = [c for c in decisions if c not in self._stored]
-        self._stored = {}
-        if unread:
-            existing |= {
-                contact: (master_id, expires_at)
-                for contact, master_id, expires_at in ConversationAffinity.objects.filter(
-                    contact__any=unread
-                ).values_list("contact", "master_id", "expires_at")
-            }
-        stale = affinities_to_write(decisions, existing, now=now, ttl_s=ttl_s)
-        if not stale:
-            return 0
-        expires_at = now + timedelta(seconds=ttl_s)
-        ConversationAffinity.upsert({c: decisions[c] for c in stale}, expires_at, now)
-        return len(stale)

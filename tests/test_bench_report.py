@@ -107,3 +107,13 @@ def test_a_rendered_section_says_when_where_and_how_it_was_measured():
     assert "ha_bench` (PostgreSQL 15.20)" in text
     assert "| a |\n|---|\n| 1 |" in text
     assert text.endswith("- slow\n")
+
+
+def test_the_overhead_verdict_is_the_median_of_the_back_to_back_pairs():
+    from monitoring.bench.throughput import Drain, overhead_ratio
+
+    rates = [("balanced", 100), ("straight", 110), ("balanced", 90), ("straight", 80)]
+    rates += [("balanced", 300), ("straight", 300)]  # a fast moment of the machine
+    drains = [Drain(kind, 1000, 1000, rate, {}) for kind, rate in rates]
+    # Pairs 0.909, 1.125, 1.0; the medians of each kind (100 / 110) would say 0.909.
+    assert overhead_ratio(drains) == pytest.approx(1.0)

@@ -301,38 +301,23 @@ def test_affinity_yields_when_its_master_holds_too_many_unsent_messages(router, 
     ]
 
 
-def test_remember_writes_only_new_moved_or_soon_expiring_rows(router, clock, settings):
-    settings.BALANCING = settings.BALANCING | {"affinity_ttl_s": 3600}
-    a = make_master("a", "+971500000001")
-    b = make_master("b", "+971500000002")
-    steady, moved, expiring, new = contacts(4)
-    kept = affinity(steady, a, 3000, clock.now)
-    affinity(moved, a, 3000, clock.now)
-    affinity(expiring, a, 600, clock.now)  # under half the TTL left
+def test_a_contact_routed_moments_ago_keeps_its_master_until_the_send_is_recorded(
+    router, clock, settings
+):
+    # The affinity row is written when the send is recorded; until then the
+    # router's own choice keeps the conversation on one number.
+    make_master("a", "+971500000001")
+    make_master("b", "+971500000002")
+    [first] = router.route_many([(1, CONTACT, "")]).values()
 
-    written = router.remember({steady: a.pk, moved: b.pk, expiring: a.pk, new: b.pk})
+    clock.advance(1)
+    [second] = router.route_many([(2, CONTACT, "")]).values()
+    assert (second.candidate_id, second.reason) == (first.candidate_id, "affinity")
+    assert not ConversationAffinity.objects.exists()
 
-    rows = {
-        row.contact: (row.master_id, row.expires_at) for row in ConversationAffinity.objects.all()
-    }
-    renewed = clock.now + timedelta(seconds=3600)
-    assert written == 3
-    assert rows == {
-        steady: (a.pk, kept.expires_at),
-        moved: (b.pk, renewed),
-        expiring: (a.pk, renewed),
-        new: (b.pk, renewed),
-    }
-
-
-def test_remember_only_reads_for_a_steady_conversation(router, clock, django_assert_num_queries):
-    a = make_master("a", "+971500000001")
-    affinity(CONTACT, a, 86_400, clock.now)
-
-    with django_assert_num_queries(1):
-        written = router.remember({CONTACT: a.pk})
-
-    assert written == 0
+    clock.advance(settings.QUEUE["lease_s"] + 1)  # the claim's lease is over: forgotten
+    [third] = router.route_many([(3, CONTACT, "")]).values()
+    assert third.reason == "round-robin"
 
 
 # --- slow start --------------------------------------------------------------------

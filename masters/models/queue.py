@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, models
 from django.db.models import Q
 
 from masters.choices import (
+    HealthStatus,
     MessagePriority,
     MessageStatus,
 )
@@ -166,6 +168,75 @@ class ConversationAffinity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contact} -> {self.master_id}"
+
+    @classmethod
+    def remember(cls, senders: dict[str, int], now: datetime) -> int:
+        """Point each contact at the master that just sent to it; return the rows written.
+
+        The general path (SQLite, and sends PostgreSQL's one-statement record
+        left over); ``remember_sql`` is the same rule in SQL. Only routable
+        masters are remembered: a late send through a master that has since
+        failed must not pull its contacts back to it. A row is written only
+        when it is new, moved, or expires within half the TTL
+        (``affinities_to_write``), so a steady conversation costs no write.
+        """
+        from masters.balancing import affinities_to_write
+
+        master_model = cls._meta.get_field("master").related_model
+        routable = set(
+            master_model.objects.filter(
+                pk__in=set(senders.values()),
+                is_active=True,
+                health_status__in=HealthStatus.ROUTABLE,
+            ).values_list("pk", flat=True)
+        )
+        senders = {c: m for c, m in senders.items() if m in routable}
+        if not senders:
+            return 0
+        existing = {
+            contact: (master_id, expires_at)
+            for contact, master_id, expires_at in cls.objects.filter(
+                contact__any=list(senders)
+            ).values_list("contact", "master_id", "expires_at")
+        }
+        ttl_s = settings.BALANCING["affinity_ttl_s"]
+        stale = affinities_to_write(senders, existing, now=now, ttl_s=ttl_s)
+        if stale:
+            cls.upsert({c: senders[c] for c in stale}, now + timedelta(seconds=ttl_s), now)
+        return len(stale)
+
+    @classmethod
+    def remember_sql(cls, sent: str, now: datetime) -> tuple[str, list]:
+        """``remember`` as one INSERT over ``sent``, a CTE of ("to", master_id, id) rows.
+
+        For PostgreSQL's record of sent messages, so remembering a conversation
+        costs no extra statement and no second trip of the contacts. The
+        latest message to a contact wins; rows are written in contact order
+        (no deadlock between concurrent records); the ON CONFLICT condition
+        skips steady conversations.
+        """
+        quote = connection.ops.quote_name
+        masters = quote(cls._meta.get_field("master").related_model._meta.db_table)
+        ttl_s = settings.BALANCING["affinity_ttl_s"]
+        routable = sorted(HealthStatus.ROUTABLE)
+        sql = (
+            f"INSERT INTO {quote(cls._meta.db_table)} AS a (contact, master_id, expires_at, "
+            "updated_at) "
+            'SELECT DISTINCT ON (s."to") s."to", s.master_id, %s, %s '
+            f"FROM {sent} AS s JOIN {masters} AS ma ON ma.id = s.master_id "
+            f"WHERE ma.is_active AND ma.health_status IN ({', '.join(['%s'] * len(routable))}) "
+            'ORDER BY s."to", s.id DESC '
+            "ON CONFLICT (contact) DO UPDATE SET master_id = EXCLUDED.master_id, "
+            "expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at "
+            "WHERE a.master_id <> EXCLUDED.master_id OR a.expires_at < %s"
+        )
+        params = [
+            now + timedelta(seconds=ttl_s),
+            now,
+            *routable,
+            now + timedelta(seconds=ttl_s / 2),
+        ]
+        return sql, params
 
     @classmethod
     def upsert(cls, masters: dict[str, int], expires_at: datetime, now: datetime) -> None:
