@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from masters.choices import MessagePriority, MessageStatus
-from masters.models import Message
+from masters.models import IdempotencyKey, Message
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,10 @@ def _enqueue_once(batch: list[NewMessage]) -> list[Accepted]:
     keys = [new.idempotency_key for new in batch if new.idempotency_key]
     now = timezone.now()
     with transaction.atomic():
-        existing = Message.objects.in_bulk(keys, field_name="idempotency_key") if keys else {}
+        existing = {
+            row.key: row.message
+            for row in IdempotencyKey.objects.filter(key__in=keys).select_related("message")
+        }
         results: list[Accepted | None] = []
         fresh: list[Message] = []
         seen_in_batch: dict[str, Message] = {}
@@ -98,6 +101,13 @@ def _enqueue_once(batch: list[NewMessage]) -> list[Accepted]:
                 seen_in_batch[key] = message
             results.append(None)
         Message.objects.bulk_create(fresh)
+        # A key another request took since the read fails here, rolling the
+        # whole batch back for enqueue_batch's second pass.
+        IdempotencyKey.objects.bulk_create(
+            IdempotencyKey(key=message.idempotency_key, message=message)
+            for message in fresh
+            if message.idempotency_key
+        )
     created = iter(fresh)
     return [result or Accepted(next(created), created=True) for result in results]
 

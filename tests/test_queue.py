@@ -66,3 +66,47 @@ def test_the_any_lookup_matches_like_in_and_an_empty_list_matches_nothing():
     ]
     assert not Message.objects.filter(pk__any=[]).exists()
     assert Message.objects.filter(pk__any=ids).update(text="changed") == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_racing_with_one_key_queue_one_message():
+    # The key table's primary key is the guard: whichever insert comes second
+    # fails, its batch rolls back, and the retry returns the first message.
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises writers: no two requests can race")
+    rounds, answers = 15, []
+    for round_ in range(rounds):
+        barrier = threading.Barrier(2)
+
+        def send(round_=round_, barrier=barrier):
+            barrier.wait()
+            try:
+                accepted = enqueue(
+                    NewMessage("+971505760056", "once", idempotency_key=f"r{round_}")
+                )
+                answers.append((round_, accepted.message.pk))
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert Message.objects.count() == rounds
+    for round_ in range(rounds):
+        ids = {pk for r, pk in answers if r == round_}
+        assert len(ids) == 1, f"round {round_}: both requests got the same message"
+    assert len(answers) == 2 * rounds
+
+
+def test_the_key_is_kept_beside_the_message():
+    from masters.models import IdempotencyKey
+
+    accepted = enqueue(NewMessage("+971505760056", "hi", idempotency_key="kept"))
+    assert IdempotencyKey.objects.get(key="kept").message_id == accepted.message.pk
+    assert accepted.message.idempotency_key == "kept"

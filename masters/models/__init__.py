@@ -9,7 +9,7 @@ from masters.models.events import AlertRecipient, Event, EventQuerySet
 from masters.models.failover import FailoverEvent
 from masters.models.health import HealthCheck, HealthRollup, LoadMetric, ProberLease
 from masters.models.master import API_VERSION_RE, CLOUD_API_DEFAULT_URL, Master, RuntimeSettings
-from masters.models.queue import ConversationAffinity, Message
+from masters.models.queue import ConversationAffinity, IdempotencyKey, Message
 
 __all__ = [
     "API_VERSION_RE",
@@ -22,6 +22,7 @@ __all__ = [
     "FailoverEvent",
     "HealthCheck",
     "HealthRollup",
+    "IdempotencyKey",
     "LoadMetric",
     "Master",
     "Message",

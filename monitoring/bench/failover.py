@@ -38,6 +38,7 @@ from masters.failover import execute_failover
 from masters.models import (
     ConversationAffinity,
     FailoverEvent,
+    IdempotencyKey,
     Master,
     Message,
     RuntimeSettings,
@@ -231,7 +232,7 @@ def create_trio() -> Trio:
 
 def fill(trio: Trio, size: int) -> None:
     """Replace the queue with ``size`` pending messages and affinities on the failed master."""
-    truncate(Message, ConversationAffinity)
+    truncate(Message, IdempotencyKey, ConversationAffinity)
     now = timezone.now()
     expires = now + timedelta(days=1)
     for start in range(0, size, INSERT_CHUNK):

@@ -49,7 +49,14 @@ from ha_portal.lib.http import HttpClient, HttpError
 from masters.balancing import BalancerState, Candidate, Snapshot, pick
 from masters.choices import HealthStatus, MessageStatus, Role, Strategy
 from masters.dispatcher import Dispatcher
-from masters.models import ApiToken, ConversationAffinity, Master, Message, RuntimeSettings
+from masters.models import (
+    ApiToken,
+    ConversationAffinity,
+    IdempotencyKey,
+    Master,
+    Message,
+    RuntimeSettings,
+)
 from masters.queue import NewMessage, enqueue_batch
 from masters.routing import Router
 from monitoring.bench.harness import (
@@ -387,7 +394,8 @@ def other_databases_active_ms() -> float:
 
 def clear_queue() -> None:
     """Empty the queue and the affinities (no dispatcher may be running)."""
-    tables = [connection.ops.quote_name(m._meta.db_table) for m in (Message, ConversationAffinity)]
+    models = (Message, IdempotencyKey, ConversationAffinity)
+    tables = [connection.ops.quote_name(m._meta.db_table) for m in models]
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '30s'")
