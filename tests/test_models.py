@@ -136,10 +136,18 @@ def test_a_master_that_holds_messages_cannot_be_deleted():
 
 
 def test_an_idempotency_key_is_unique():
-    Message.objects.create(idempotency_key="k", body_hash="h", to="+971501234567", text="a")
+    from django.db import IntegrityError, transaction
+
+    from masters.models import IdempotencyKey
+
+    first = Message.objects.create(idempotency_key="k", body_hash="h", to="+971501234567", text="a")
+    second = Message.objects.create(idempotency_key="k", body_hash="h", to="+97150123458", text="b")
+    IdempotencyKey.objects.create(key="k", message=first)
     with pytest.raises(ValidationError) as caught:
-        Message(idempotency_key="k", body_hash="h", to="+971501234568", text="b").full_clean()
-    assert "idempotency_key" in str(caught.value)
+        IdempotencyKey(key="k", message=second).full_clean()
+    assert "key" in str(caught.value)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        IdempotencyKey.objects.create(key="k", message=second)
 
 
 def test_a_webhook_recipient_is_named_without_its_path_or_credentials():
