@@ -218,13 +218,13 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
     """
     locked = movable_messages(plan.failed_id, now).select_for_update().order_by("pk")
     plan.messages = _ids(*locked.values_list("pk").query.sql_with_params())
-    selected = plan.checksum  # once: summing 10,000 ids takes milliseconds
+    expected = plan.checksum  # once: summing 10,000 ids takes milliseconds
     landed = _ids(*_move_sql(plan, event, now))
     moved = checksum(landed)
-    if len(landed) != len(plan.messages) or moved != selected:
+    if len(landed) != len(plan.messages) or moved != expected:
         raise TransferMismatch(
             f"selected {len(plan.messages)} messages, moved {len(landed)}, "
-            f"checksum {moved[:12]} != {selected[:12]}"
+            f"checksum {moved[:12]} != {expected[:12]}"
         )
     affinities = ConversationAffinity.objects.filter(master_id=plan.failed_id)
     selected = affinities.count()
@@ -235,7 +235,7 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
     if moved_affinities != selected:
         raise TransferMismatch(f"selected {selected} affinities, moved {moved_affinities}")
     event.moved_messages, event.moved_affinities = len(landed), moved_affinities
-    event.checksum = selected
+    event.checksum = expected
 
 
 def _ids(sql: str, params) -> list[int]:
