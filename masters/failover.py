@@ -32,10 +32,16 @@ from masters.models import ConversationAffinity, Event, FailoverEvent, Master, M
 logger = logging.getLogger(__name__)
 
 PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING)
+# How long a failover waits for the failed master's row (see _lock).
+LOCK_WAIT = "5s"
 
 
 class FailoverRefused(Exception):
     """The failover cannot run now; the message says why."""
+
+
+class FailoverBusy(FailoverRefused):
+    """The master's row stayed locked: another failover of it is probably running."""
 
 
 class TransferMismatch(Exception):
@@ -186,11 +192,28 @@ def _commit_without_waiting_for_disk() -> None:
 
 
 def _lock(master_id: int) -> Master:
-    """Lock the failed master's row for the whole failover (nowait where supported)."""
+    """Lock the failed master's row for the whole failover.
+
+    Waits up to ``LOCK_WAIT`` on PostgreSQL: the prober and the dispatchers
+    write health fields to this row many times a second, each for a moment,
+    and refusing at the first such moment (NOWAIT) dropped the failover of a
+    master whose row was merely busy. A second failover of the same master
+    waits for the first and is then refused by _failed_over_since_it_failed.
+    """
+    postgresql = connection.vendor == "postgresql"
     try:
-        return Master.objects.select_for_update(nowait=_nowait()).get(pk=master_id)
+        if postgresql:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+        master = Master.objects.select_for_update().get(pk=master_id)
     except OperationalError as error:
-        raise FailoverRefused(f"a failover of master {master_id} is already running") from error
+        raise FailoverBusy(
+            f"master {master_id} stayed locked for {LOCK_WAIT}: a failover of it is running"
+        ) from error
+    if postgresql:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
+    return master
 
 
 def _failed_over_since_it_failed(master: Master) -> bool:
@@ -200,10 +223,6 @@ def _failed_over_since_it_failed(master: Master) -> bool:
         status=FailoverStatus.COMPLETED,
         started_at__gte=master.health_changed_at or timezone.now(),
     ).exists()
-
-
-def _nowait() -> bool:
-    return connection.features.has_select_for_update_nowait
 
 
 def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
@@ -464,6 +483,11 @@ def consider_failover(master_id: int) -> FailoverEvent | None:
         return execute_failover(
             master_id, reason=f"failed for over {seconds:g}s: {master.last_error}"
         )
+    except FailoverBusy as busy:
+        # Not refused for good: let the prober ask again next second.
+        logger.info("failover of master %s waits: %s", master_id, busy)
+        Master.objects.filter(pk=master_id).update(failover_requested_at=None)
+        return None
     except FailoverRefused as refused:
         logger.info("failover of master %s not run: %s", master_id, refused)
         return None

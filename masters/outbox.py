@@ -286,8 +286,14 @@ def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outco
             for row in sent:
                 row.gateway_message_id = by_id[row.pk].gateway_message_id
             Message.objects.bulk_update(sent, ["gateway_message_id"])
+        failing = {by_id[row.pk].master_id for row in rest if by_id[row.pk].error}
+        sendable = set(
+            Master.objects.filter(
+                pk__in=failing - {None}, is_active=True, health_status__in=SENDABLE
+            ).values_list("pk", flat=True)
+        )
         for row in rest:
-            _apply(row, by_id[row.pk], now, max_attempts)
+            _apply(row, by_id[row.pk], now, max_attempts, sendable)
         Message.objects.bulk_update(rest, RESULT_FIELDS)
         # In id order, so a contact's latest message names its master.
         delivered = sorted(
@@ -362,7 +368,10 @@ RESULT_FIELDS = [
 ]
 
 
-def _apply(row: Message, outcome: Outcome, now: datetime, max_attempts: int) -> None:
+def _apply(
+    row: Message, outcome: Outcome, now: datetime, max_attempts: int, sendable: set[int]
+) -> None:
+    """Write one outcome onto its row; ``sendable``: the failing masters that can still send."""
     row.master_id = outcome.master_id
     row.lease_owner, row.lease_expires_at, row.updated_at = "", None, now
     if not outcome.attempted:
@@ -383,6 +392,11 @@ def _apply(row: Message, outcome: Outcome, now: datetime, max_attempts: int) -> 
     else:
         row.status, row.last_error = MessageStatus.RETRYING, outcome.error
         row.next_attempt_at = now + backoff(row.attempts)
+        if outcome.master_id not in sendable:
+            # Its master failed (or went into maintenance) while the send was
+            # under way: a failover of it may already have run, and will not
+            # run again for this failure, so any master may take the retry.
+            row.master_id = None
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
@@ -408,8 +422,9 @@ def expire_overdue() -> int:
 def reclaim_expired_leases(max_attempts: int | None = None) -> int:
     """Return messages whose dispatcher died mid-send to the queue, under a new epoch.
 
-    The master stays assigned (a failover moves it if that master failed); the
-    epoch bump fences the old claim. A message that has used up its attempts
+    The master stays assigned while it can send; otherwise the message goes
+    back unassigned (a failover of that master may have run already).
+    The epoch bump fences the old claim. A message that has used up its attempts
     this way goes dead instead of looping until its TTL (a poison message
     that kills its dispatcher every time). The idempotency key makes a resend
     of a message the dead dispatcher did deliver arrive once where the
@@ -429,9 +444,13 @@ def reclaim_expired_leases(max_attempts: int | None = None) -> int:
         last_error="gave up: its dispatcher's lease expired mid-send on the last attempt",
         **fence,
     )
-    return dead + expired.update(
-        status=MessageStatus.RETRYING,
-        next_attempt_at=now,
-        last_error="reclaimed: the dispatcher's lease expired mid-send",
+    retry = {
+        "status": MessageStatus.RETRYING,
+        "next_attempt_at": now,
+        "last_error": "reclaimed: the dispatcher's lease expired mid-send",
         **fence,
-    )
+    }
+    sendable = Master.objects.filter(is_active=True, health_status__in=SENDABLE).values("pk")
+    kept = expired.filter(master__in=sendable).update(**retry)
+    # A master that cannot send may have been failed over already: let any master take it.
+    return dead + kept + expired.update(master=None, **retry)

@@ -319,3 +319,95 @@ def test_failback_is_off_by_default_and_moves_work_back_when_switched_on(trio, s
     assert failbacks_due() == [event.pk]
     rollback_failover(event.pk)
     assert set(Message.objects.values_list("master_id", flat=True)) == {a.pk}
+
+
+def hold_row_lock(master_id: int, seconds: float, held: threading.Event) -> threading.Thread:
+    """Lock a master's row from another connection, as a health write does, for a while."""
+    from django.db import connections, transaction
+
+    def run() -> None:
+        try:
+            with transaction.atomic():
+                Master.objects.select_for_update().get(pk=master_id)
+                held.set()
+                threading.Event().wait(seconds)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    held.wait(10)
+    return thread
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+@pytest.mark.django_db(transaction=True)
+def test_a_failover_waits_for_a_briefly_locked_master_row(trio):
+    a, b, _ = trio
+    add(a, MessageStatus.QUEUED, 3)
+    thread = hold_row_lock(a.pk, 0.5, threading.Event())
+    try:
+        event = execute_failover(a.pk, reason="master failed")
+    finally:
+        thread.join()
+    assert (event.status, event.backup_master_id, event.moved_messages) == (
+        FailoverStatus.COMPLETED,
+        b.pk,
+        3,
+    )
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+@pytest.mark.django_db(transaction=True)
+def test_a_failover_kept_from_its_row_is_asked_for_again(trio, monkeypatch):
+    from masters import failover
+
+    a, _, _ = trio
+    add(a, MessageStatus.QUEUED, 3)
+    Master.objects.filter(pk=a.pk).update(failover_requested_at=timezone.now())
+    monkeypatch.setattr(failover, "LOCK_WAIT", "200ms")
+    thread = hold_row_lock(a.pk, 2, threading.Event())
+    try:
+        assert failover.consider_failover(a.pk) is None
+    finally:
+        thread.join()
+    assert Master.objects.get(pk=a.pk).failover_requested_at is None, "the prober asks again"
+    assert a.pk in failover.due_for_failover()
+    assert not FailoverEvent.objects.exists()
+
+
+def claimed_on(master: Master) -> outbox.Claimed:
+    """A message in flight on ``master``, claimed while the master could send."""
+    add(master, MessageStatus.QUEUED)
+    Master.objects.filter(pk=master.pk).update(health_status=HealthStatus.HEALTHY)
+    [claimed] = outbox.claim("d1", 10, timedelta(seconds=30))
+    Master.objects.filter(pk=master.pk).update(health_status=HealthStatus.FAILED)
+    return claimed
+
+
+def test_a_send_failing_after_its_master_was_failed_over_goes_back_to_the_pool(trio):
+    a, _, _ = trio
+    claimed = claimed_on(a)
+    event = execute_failover(a.pk, reason="master failed")
+    assert event.moved_messages == 0, "in flight: not movable"
+
+    failed = outbox.Outcome(claimed.id, claimed.epoch, a.pk, error="timed out")
+    assert outbox.record("d1", [failed], 10)
+
+    message = Message.objects.get(pk=claimed.id)
+    assert (message.status, message.master_id) == (MessageStatus.RETRYING, None)
+
+
+def test_a_claim_expiring_after_its_master_was_failed_over_goes_back_to_the_pool(trio):
+    a, b, _ = trio
+    claimed = claimed_on(a)
+    execute_failover(a.pk, reason="master failed")
+    Message.objects.filter(pk=claimed.id).update(lease_expires_at=timezone.now())
+    kept = claimed_on(b)  # b can send: its reclaimed message keeps it
+    Master.objects.filter(pk=b.pk).update(health_status=HealthStatus.HEALTHY)
+    Message.objects.filter(pk=kept.id).update(lease_expires_at=timezone.now())
+
+    assert outbox.reclaim_expired_leases() == 2
+
+    assert Message.objects.get(pk=claimed.id).master_id is None
+    assert Message.objects.get(pk=kept.id).master_id == b.pk
