@@ -10,6 +10,7 @@ from django.views.decorators.http import require_safe
 from ha_portal.lib.http import HttpClient, run
 from masters.gateways import GatewayError, gateway_for
 from masters.models import Master
+from monitoring import gameday
 from monitoring.live.dashboard import load_dashboard
 from monitoring.pages.views import viewer_required
 from monitoring.roles import OPERATE
@@ -19,7 +20,10 @@ from monitoring.roles import OPERATE
 @viewer_required
 def home(request: HttpRequest) -> HttpResponse:
     """The dashboard, complete as rendered; its websocket keeps it live (monitoring.live)."""
-    return render(request, "monitoring/home.html", {"dashboard": load_dashboard()})
+    dashboard = load_dashboard()
+    # The game-day panel: masters on the built-in simulator (none outside `make run`).
+    simulator = gameday.simulated(row.master for row in dashboard.rows)
+    return render(request, "monitoring/home.html", {"dashboard": dashboard, "simulator": simulator})
 
 
 @require_safe
