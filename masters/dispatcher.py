@@ -90,6 +90,7 @@ class Dispatcher:
         self.record_thread = ThreadPoolExecutor(1, thread_name_prefix="dispatch-record")
         self.lanes: dict[int, Lane] = {}
         self.outcomes: list[Outcome] = []
+        self.record_limit = MAX_RECORD_BATCH  # halved while a batch fails for no database reason
         self.outcomes_ready = asyncio.Event()
         self.in_flight = 0
         self.max_in_flight = settings.QUEUE["claim_batch"] * 4
@@ -108,17 +109,19 @@ class Dispatcher:
         async with HttpClient(limit=0) as http:
             self.http, self.timeout_s = http, timeout_s
             await self.refresh_lanes()
-            background = [
-                asyncio.create_task(self.record_loop(stopping)),
-                asyncio.create_task(self.housekeeping_loop(stopping)),
-            ]
+            recording = asyncio.create_task(self.record_loop(stopping))
+            housekeeping = asyncio.create_task(self.housekeeping_loop(stopping))
             sends: set[asyncio.Task] = set()
             await self.claim_loop(stopping, sends)
             await asyncio.gather(*sends, return_exceptions=True)
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await self.flush_outcomes()
+            housekeeping.cancel()
+            # The record loop is woken and awaited, never cancelled: a cancel
+            # in the middle of a flush dropped that batch of results, and a
+            # send that went out but was never recorded goes out again once
+            # its lease runs out.
+            self.outcomes_ready.set()
+            await asyncio.gather(recording, housekeeping, return_exceptions=True)
+            await self.flush_remaining()
         for thread in (self.claim_thread, self.record_thread):
             thread.submit(connections.close_all).result()
             thread.shutdown(wait=True)
@@ -217,11 +220,25 @@ class Dispatcher:
             await self.outcomes_ready.wait()
             await self.flush_outcomes()
 
+    async def flush_remaining(self) -> None:
+        """Record the results left at stop, retrying for up to one lease."""
+        deadline = time.monotonic() + settings.QUEUE["lease_s"]
+        while self.outcomes and time.monotonic() < deadline:
+            await self.flush_outcomes()
+        if self.outcomes:
+            logger.error(
+                "%s: stopping with %d results unrecorded: their messages go out again "
+                "when their leases run out",
+                self.name,
+                len(self.outcomes),
+            )
+
     async def flush_outcomes(self) -> None:
         self.outcomes_ready.clear()
         # Bounded batches: a backlog of results is written in steps, never as
         # one statement whose cost grows with the square of its size.
-        batch, self.outcomes = self.outcomes[:MAX_RECORD_BATCH], self.outcomes[MAX_RECORD_BATCH:]
+        limit = self.record_limit
+        batch, self.outcomes = self.outcomes[:limit], self.outcomes[limit:]
         if self.outcomes:
             self.outcomes_ready.set()
         if not batch:
@@ -243,6 +260,24 @@ class Dispatcher:
             self.outcomes_ready.set()
             await asyncio.sleep(RECORD_RETRY_S)
             return
+        except Exception:
+            # A bug or a poisoned result, not the database: halve the batch until
+            # the bad result is alone, so it cannot hold everyone else's back.
+            if len(batch) == 1:
+                logger.exception(
+                    "%s: could not record the result of message %s; it goes out again "
+                    "when its lease runs out",
+                    self.name,
+                    batch[0].message_id,
+                )
+                self.track(-1)
+                return
+            logger.exception("%s: could not record %d results; splitting", self.name, len(batch))
+            self.record_limit = max(1, len(batch) // 2)
+            self.outcomes = batch + self.outcomes
+            self.outcomes_ready.set()
+            return
+        self.record_limit = MAX_RECORD_BATCH
         self.track(-len(batch))
         self.sent += sum(1 for outcome in written if outcome.sent)
         try:
