@@ -9,6 +9,9 @@ unless the file is good.
 
 from __future__ import annotations
 
+import math
+import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +73,14 @@ GATEWAY_DEFAULTS = {
 }
 SEVERITY_KEYS = {"critical": "wants_critical", "warning": "wants_warning", "info": "wants_info"}
 
+# No field of the file holds a control character: a NUL cannot be stored on
+# PostgreSQL, and a newline in a key or URL is a paste error (or a header injection).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+# Values quoted in errors are cut short: a hostile file must not flood the terminal.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+
 
 class ConfigError(Exception):
     """A config file that cannot be imported; ``errors`` lists every problem by path."""
@@ -104,15 +115,51 @@ class _Checker:
         ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
         if not ok:
             self.error(path, f"expected {_type_name(types)}, got {_json_type(value)}")
-        return ok
+            return False
+        problem = _unstorable(value)
+        if problem:
+            self.error(path, problem)
+        return not problem
 
     def unknown_keys(self, path: str, data: dict, known: set[str]) -> None:
         for key in sorted(set(data) - known):
-            self.warnings.append(f"{path}.{key}: unknown key, ignored")
+            self.warnings.append(f"{path}.{_key(key)}: unknown key, ignored")
+
+
+def _unstorable(value: Any) -> str:
+    """Say what the database or a gateway could not take in a value of the right type."""
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN slips past range validators (every comparison with it is false).
+        return "expected a finite number"
+    if not isinstance(value, str):
+        return ""
+    if CONTROL_CHARACTERS.search(value):
+        return "must not contain control characters (NUL, tab, newline, escape)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return ""
+
+
+def _shown(value: Any) -> str:
+    """Quote a value from the file for an error message, cut short."""
+    return _SHORT.repr(value)
+
+
+def _key(key: str) -> str:
+    """Name a key from the file in a message: as is when plain, else quoted and cut short."""
+    return key if PLAIN_KEY.fullmatch(key) else _shown(key)
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    names = {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+    }
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
@@ -170,7 +217,7 @@ def _check_version(check: _Checker, version: Any) -> None:
     if not isinstance(version, str):
         check.error("version", f'expected a string such as "4.0", got {_json_type(version)}')
     elif version.split(".")[0] not in SUPPORTED_MAJOR_VERSIONS:
-        check.error("version", f"unsupported version {version!r} (expected 3.x or 4.0)")
+        check.error("version", f"unsupported version {_shown(version)} (expected 3.x or 4.0)")
 
 
 def _read_failover_settings(check: _Checker, data: Any, runtime: RuntimeSettings) -> bool:
@@ -186,7 +233,8 @@ def _read_failover_settings(check: _Checker, data: Any, runtime: RuntimeSettings
     if "loadBalancingStrategy" in data and data["loadBalancingStrategy"] not in Strategy.values:
         check.error(
             "failoverSettings.loadBalancingStrategy",
-            f"expected one of {', '.join(Strategy.values)}, got {data['loadBalancingStrategy']!r}",
+            f"expected one of {', '.join(Strategy.values)}, "
+            f"got {_shown(data['loadBalancingStrategy'])}",
         )
         return False
     _model_errors(check, "failoverSettings", runtime, {v[0]: k for k, v in SETTINGS_FIELDS.items()})
@@ -213,9 +261,19 @@ def _read_masters(check: _Checker, data: Any) -> list[Master]:
             (seen_phones, master.phone_number, "phoneNumber"),
         ):
             if value in seen:
-                check.error(f"{path}.{key}", f"{value!r} repeats masters[{seen[value]}]")
+                check.error(f"{path}.{key}", f"{_shown(value)} repeats masters[{seen[value]}]")
             seen[value] = index
         masters.append(master)
+    # Checked here, not by the database: its unique check would also trip over
+    # numbers that change hands within the file (_save_masters frees those first).
+    for held in existing.values():
+        index = seen_phones.get(held.phone_number)
+        if index is not None and held.external_id not in seen_ids:
+            check.error(
+                f"masters[{index}].phoneNumber",
+                f"{_shown(held.phone_number)} belongs to master {_shown(held.external_id)}, "
+                "which this file does not list",
+            )
     return masters
 
 
@@ -240,7 +298,7 @@ def _read_master(
     if "healthStatus" in item and item["healthStatus"] not in HealthStatus.values:
         check.error(
             f"{path}.healthStatus",
-            f"expected one of {', '.join(HealthStatus.values)}, got {item['healthStatus']!r}",
+            f"expected one of {', '.join(HealthStatus.values)}, got {_shown(item['healthStatus'])}",
         )
     if "gateway" in item:
         _read_gateway(check, f"{path}.gateway", item["gateway"], master)
@@ -267,7 +325,7 @@ def _read_gateway(check: _Checker, path: str, data: Any, master: Master) -> None
     kind = data.get("type")
     if kind not in GatewayKind.values:
         check.error(
-            f"{path}.type", f"expected one of {', '.join(GatewayKind.values)}, got {kind!r}"
+            f"{path}.type", f"expected one of {', '.join(GatewayKind.values)}, got {_shown(kind)}"
         )
         return
     fields = GATEWAY_FIELDS[kind]
@@ -327,7 +385,9 @@ def _read_webhook(check: _Checker, path: str, hook: Any) -> AlertRecipient | Non
     recipient.format = fmt
     severities = hook.get("severities")
     if severities is not None:
-        if not isinstance(severities, list) or not set(severities) <= set(SEVERITY_KEYS):
+        if not isinstance(severities, list) or not all(
+            isinstance(name, str) and name in SEVERITY_KEYS for name in severities
+        ):
             check.error(f"{path}.severities", "expected a list of critical, warning, info")
         else:
             for key, name in SEVERITY_KEYS.items():
@@ -356,6 +416,17 @@ def _model_errors(
 
 
 def _save_masters(masters: list[Master], result: ImportResult) -> None:
+    # Numbers may change hands within one file (two masters swap theirs): park
+    # each changing number on a placeholder first, or the unique constraint
+    # trips on the first save. One transaction: nobody sees the placeholders.
+    stored = dict(
+        Master.objects.filter(pk__in=[m.pk for m in masters if m.pk is not None]).values_list(
+            "pk", "phone_number"
+        )
+    )
+    for master in masters:
+        if master.pk is not None and stored.get(master.pk) != master.phone_number:
+            Master.objects.filter(pk=master.pk).update(phone_number=f"~{master.pk}")
     in_file = set()
     for master in masters:
         is_new = master.pk is None

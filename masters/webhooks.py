@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
@@ -42,6 +43,15 @@ HMAC_ALGORITHMS: dict[str, Callable[..., Any]] = {
     "sha256": hashlib.sha256,
 }
 DEFAULT_HMAC_ALGORITHM = "sha512"
+
+# Event names, sessions and states are short words.
+MAX_FIELD_CHARS = 200
+
+# A status delivery stamped longer ago than this is refused as a replay; within
+# it, a delivery seen before is acknowledged and not counted again.
+REPLAY_WINDOW = timedelta(hours=1)
+# How far ahead of the portal's clock a gateway's clock may run.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class PayloadError(ValueError):
@@ -114,6 +124,54 @@ def decode_body(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def delivery_key(payload: Mapping[str, Any], body: bytes) -> str:
+    """Name one delivery, so that the same delivery sent again is known; "" if it cannot be.
+
+    WAHA gives every event an ``id`` (and a ``timestamp``) inside the signed
+    body; Evolution stamps every event with ``date_time``. The same id, or the
+    same bytes carrying a time, is one delivery sent twice (a gateway's retry or
+    a replay). A body with neither cannot be told from a new report of the same
+    state, so it counts each time.
+    """
+    event_id = payload.get("id")
+    if isinstance(event_id, str) and event_id.strip():
+        return "id:" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+    if "timestamp" in payload or "date_time" in payload:
+        return "body:" + hashlib.sha256(body).hexdigest()
+    return ""
+
+
+def check_sent_at(payload: Mapping[str, Any], now: datetime) -> None:
+    """Refuse a delivery whose ``timestamp`` (WAHA: ms since 1970) is outside the window.
+
+    The timestamp is inside the body, so an HMAC covers it: a captured request
+    replayed after the window is refused, and within it delivery_key catches it.
+    """
+    if "timestamp" not in payload:
+        return
+    stamp = payload["timestamp"]
+    try:
+        if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+            raise TypeError
+        # WAHA sends milliseconds; a gateway sending seconds is read as such.
+        sent = datetime.fromtimestamp(stamp / 1000 if stamp > 1e11 else stamp, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise PayloadError("timestamp", "expected milliseconds since 1970") from None
+    if now - sent > REPLAY_WINDOW:
+        raise PayloadError(
+            "timestamp",
+            f"sent over {minutes(REPLAY_WINDOW)} minutes ago: refused as a replay or a stale retry",
+        )
+    if sent - now > CLOCK_SKEW:
+        raise PayloadError(
+            "timestamp", f"over {minutes(CLOCK_SKEW)} minutes ahead of the portal's clock"
+        )
+
+
+def minutes(span: timedelta) -> str:
+    return f"{span.total_seconds() / 60:g}"
+
+
 def event_name(payload: Mapping[str, Any]) -> str:
     """Return the body's event, normalised: "CONNECTION_UPDATE" -> "connection.update"."""
     raw = text_at(payload, "event")
@@ -131,6 +189,12 @@ def text_at(payload: Any, *path: str) -> str:
         value = value[key]
     if not isinstance(value, str) or not value.strip():
         raise PayloadError(".".join(path), "expected a non-empty string")
+    # Stored in the event and the master's last error: a NUL or half a surrogate
+    # pair cannot be, and no real event, session or state is long.
+    if len(value) > MAX_FIELD_CHARS or not value.isprintable():
+        raise PayloadError(
+            ".".join(path), f"expected at most {MAX_FIELD_CHARS} printable characters"
+        )
     return value
 
 
@@ -178,16 +242,35 @@ def classify(hook: HookKind, state: str) -> tuple[HealthStatus, str]:
 # --- effect -----------------------------------------------------------------------
 
 
-def apply_status(master: Master, hook: HookKind, session: str, state: str) -> str:
+def seen_before(master: Master, delivery: str) -> bool:
+    """Say whether this delivery was recorded within the replay window (and the clock skew)."""
+    since = timezone.now() - REPLAY_WINDOW - CLOCK_SKEW
+    return Event.objects.filter(
+        master=master,
+        kind=EventKind.GATEWAY_WEBHOOK,
+        created_at__gte=since,
+        data__delivery=delivery,
+    ).exists()
+
+
+def apply_status(
+    master: Master, hook: HookKind, session: str, state: str, delivery: str = ""
+) -> str | None:
     """Record what the gateway reported; count a down signal like a failed probe.
 
     An up signal changes no health field: the gateway saying so is not proof
     (sends may still fail), so recovery stays with probes and the rise threshold.
+    Return the master's health now, or None (and change nothing) when this
+    delivery was recorded before.
     """
     status, detail = classify(hook, state)
     counted = status != HealthStatus.HEALTHY
     note = "" if counted else " (not trusted alone: probes decide recovery)"
     with transaction.atomic():
+        # The row lock first: two copies of one delivery arriving at once count once.
+        Master.objects.select_for_update().filter(pk=master.pk).exists()
+        if delivery and seen_before(master, delivery):
+            return None
         # Info: the alert comes from the health change this may cause, not from here.
         Event.record(
             EventKind.GATEWAY_WEBHOOK,
@@ -199,6 +282,7 @@ def apply_status(master: Master, hook: HookKind, session: str, state: str) -> st
             state=state,
             signal=status,
             counted=counted,
+            delivery=delivery,
         )
         if counted:
             master.record_observation(Observation(status, timezone.now(), detail, None, "webhook"))
@@ -243,7 +327,19 @@ def receive(request: HttpRequest, external_id: str, hook: HookKind) -> HttpRespo
         return refuse(
             400, f"{hook.session_path}: {session!r} is not this master's {hook.session_path}"
         )
-    status = apply_status(master, hook, session, state)
+    try:
+        check_sent_at(payload, timezone.now())
+    except PayloadError as error:
+        logger.warning("%s webhook for %s refused: %s", hook.label, external_id, error)
+        return refuse(400, str(error))
+    status = apply_status(master, hook, session, state, delivery_key(payload, body))
+    if status is None:
+        # Acknowledged (2xx), so that a gateway retrying it stops; counted once only.
+        logger.info(
+            "%s webhook for %s: a delivery seen before, not counted", hook.label, external_id
+        )
+        master.refresh_from_db(fields=["health_status"])
+        return JsonResponse({"accepted": True, "duplicate": True, "status": master.health_status})
     logger.info("%s webhook for %s: %r, master now %s", hook.label, external_id, state, status)
     return JsonResponse({"accepted": True, "status": status})
 

@@ -68,6 +68,11 @@ class HttpResponse:
                 f"response is not JSON (HTTP {self.status}, {len(self.body)} bytes: "
                 f"{self.text_preview()!r})"
             ) from None
+        except RecursionError:
+            # Under the size cap a body can still nest deeper than the parser recurses.
+            raise HttpDecodeError(
+                f"response is not JSON we can read (HTTP {self.status}, nested too deeply)"
+            ) from None
 
     def text_preview(self, limit: int = 120) -> str:
         """Return the start of the body as text, for error messages."""
@@ -136,6 +141,8 @@ class HttpClient:
             raise HttpTimeout(f"timed out after {timeout:g}s") from None
         except aiohttp.ClientConnectionError as error:
             raise HttpConnectionError(describe_connection_error(error)) from error
+        except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as error:
+            raise HttpError(describe_protocol_error(error)) from error
         except aiohttp.ClientError as error:
             raise HttpError(f"{type(error).__name__}: {error}") from error
         except ValueError as error:
@@ -198,6 +205,19 @@ def describe_connection_error(error: aiohttp.ClientConnectionError) -> str:
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return "server closed the connection without answering"
     return f"connection failed: {error}"
+
+
+def describe_protocol_error(error: aiohttp.ClientError) -> str:
+    """Say what was wrong with an answer that was not valid HTTP, on one line.
+
+    aiohttp reports its own parser's complaints as status 400, which would
+    read as if the server had answered 400: the words say what happened instead.
+    """
+    words = " ".join(str(getattr(error, "message", "") or error).split())
+    if isinstance(error, aiohttp.ClientPayloadError):
+        received = re.search(r"received \d+ of \d+ bytes", words)
+        return "response body cut short" + (f" ({received.group()})" if received else "")
+    return f"not a valid HTTP response: {words[:160]}"
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -25,5 +25,6 @@ urlpatterns = [
     ),
     path("openapi.json", views.openapi_document, name="api-openapi"),
     # Last: anything else under /api/v1/ gets a JSON 404, not the HTML page.
-    re_path(r"^(?P<rest>.*)$", views.not_found),
+    # [\s\S], not ".": a path may hold a newline (%0A), which "." does not match.
+    re_path(r"^(?P<rest>[\s\S]*)$", views.not_found),
 ]

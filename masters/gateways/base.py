@@ -39,6 +39,16 @@ E164_DIGITS = re.compile(r"[1-9]\d{6,14}")
 # message: another attempt, possibly through another master, can succeed.
 RETRYABLE_HTTP_STATUSES = frozenset({401, 403, 404, 408, 409, 425, 429})
 
+# What a gateway says (states, error words, message ids) goes into columns,
+# events, logs and pages. It leaves this module as short, printable text: a
+# NUL or half a surrogate pair cannot be stored (PostgreSQL refuses the one,
+# both databases the other) and would poison the batch it is written with.
+MAX_DETAIL_CHARS = 500
+MAX_STATE_CHARS = 100
+# Message.gateway_message_id holds this many characters.
+MAX_MESSAGE_ID_CHARS = 200
+CONTROL_RUNS = re.compile(r"[\x00-\x1f\x7f]+")
+
 # The QR code images the portal accepts, by the bytes each format starts with.
 # The master's page shows the image inline, so anything else (SVG can carry
 # script) is refused rather than passed on to the browser.
@@ -61,6 +71,19 @@ class GatewayConfig:
     api_version: str = "v21.0"
 
 
+def clean_text(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """Return gateway-supplied text as storable, printable, single-line text of at most ``limit``.
+
+    Control characters become spaces, lone surrogates question marks, and
+    anything longer is cut with an ellipsis.
+    """
+    text = str(text)
+    if not text.isprintable():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        text = CONTROL_RUNS.sub(" ", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass(frozen=True)
 class HealthResult:
     """What one probe concluded; ``latency_ms`` is None when no answer arrived."""
@@ -70,6 +93,10 @@ class HealthResult:
     detail: str
     gateway_state: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", clean_text(self.detail))
+        object.__setattr__(self, "gateway_state", clean_text(self.gateway_state, MAX_STATE_CHARS))
+
 
 @dataclass(frozen=True)
 class RestartResult:
@@ -77,6 +104,9 @@ class RestartResult:
 
     ok: bool
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", clean_text(self.detail))
 
 
 @dataclass(frozen=True)
@@ -105,6 +135,7 @@ class GatewayError(Exception):
     """
 
     def __init__(self, detail: str, *, retryable: bool, http_status: int | None = None) -> None:
+        detail = clean_text(detail)
         super().__init__(detail)
         self.detail = detail
         self.retryable = retryable
@@ -188,7 +219,7 @@ class Gateway(ABC):
         if not response.ok:
             raise self.send_error(response)
         try:
-            return self.read_message_id(response.json())
+            return checked_message_id(self.read_message_id(response.json()))
         except (HttpError, MalformedReply) as error:
             # The message may or may not have gone; the idempotency key makes a retry safe.
             raise GatewayError(
@@ -349,6 +380,19 @@ def e164_digits(to: str) -> str:
     if not E164_DIGITS.fullmatch(digits):
         raise GatewayError(f"invalid recipient number {to!r}", retryable=False)
     return digits
+
+
+def checked_message_id(message_id: str) -> str:
+    """Return a message id fit to store, or raise MalformedReply.
+
+    Real ids are short and printable (``true_971…@c.us_3EB0…``, ``wamid.HBg…``);
+    anything else is no id the portal can keep, so the send counts as unanswered.
+    """
+    if len(message_id) > MAX_MESSAGE_ID_CHARS:
+        raise MalformedReply(f"message id over {MAX_MESSAGE_ID_CHARS} characters")
+    if not message_id.isprintable():
+        raise MalformedReply(f"message id {clean_text(message_id, 60)!r} is not printable text")
+    return message_id
 
 
 def dig(payload: Any, *path: str | int) -> Any:
