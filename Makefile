@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install run test lint format bench lock clean
+.PHONY: install run test lint format bench chaos lock clean
 
 # The marker file makes `install` a no-op until the lock file changes.
 $(VENV)/.installed: requirements.lock
@@ -34,6 +34,13 @@ format: install
 # ha_bench on the local PostgreSQL); writes docs/BENCHMARKS.md. BENCH_ARGS="--only detection --quick".
 bench: install
 	HA_DEV=1 $(BIN)/python manage.py ha_bench $(BENCH_ARGS)
+
+# Runs the product on PostgreSQL + Redis of its own (CHAOS_DATABASE_URL, default ha_chaos on
+# the local PostgreSQL; CHAOS_REDIS_URL, default redis://127.0.0.1:6379/3), injects faults from
+# a seed and reconciles every message; writes docs/RELIABILITY.md. It restarts those servers.
+# CHAOS_ARGS="--short" for the CI size, "--seed N" to replay a run's faults.
+chaos: install
+	HA_DEV=1 $(BIN)/python manage.py ha_chaos $(CHAOS_ARGS)
 
 # Regenerates requirements.lock from pyproject.toml with pip-tools.
 lock: install
