@@ -15,8 +15,7 @@ import pytest
 from masters.choices import MessageStatus
 from masters.models import Message
 from masters.queue import NewMessage, enqueue_batch
-from tests.conftest import make_master, wait_until
-from tests.test_prober_processes import database_url
+from tests.conftest import database_url, make_master, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 1500

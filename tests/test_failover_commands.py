@@ -15,9 +15,8 @@ from django.db import connection
 
 from masters.choices import FailoverStatus, HealthStatus, MessageStatus
 from masters.models import FailoverEvent, Master, Message
-from tests.conftest import wait_until
+from tests.conftest import database_url, wait_until
 from tests.test_failover import add, snapshot
-from tests.test_prober_processes import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent

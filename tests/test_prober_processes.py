@@ -9,22 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from masters.choices import EventKind, HealthStatus
 from masters.models import Event, HealthCheck, ProberLease
-from tests.conftest import make_master, wait_until
+from tests.conftest import database_url, make_master, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def database_url() -> str:
-    """The URL of the test database, for probers started as processes."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 @pytest.fixture

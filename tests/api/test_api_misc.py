@@ -28,8 +28,7 @@ from masters.api.auth import operator_required
 from masters.choices import HealthStatus, MessageStatus
 from masters.models import ApiToken, ConversationAffinity, Message
 from tests.api import API, bearer, get_json, issue_token, post_json
-from tests.conftest import make_master
-from tests.test_prober_processes import database_url
+from tests.conftest import database_url, make_master
 
 pytestmark = pytest.mark.django_db
 

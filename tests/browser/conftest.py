@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from monitoring.roles import OPERATOR, VIEWER, grant
+from tests.conftest import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,17 +46,6 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 # --- the product ---------------------------------------------------------------------
-
-
-def database_url() -> str:
-    """The test database as a DATABASE_URL, for the processes this test starts."""
-    conf = settings.DATABASES["default"]
-    if conf["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{conf['NAME']}"
-    user = conf["USER"] or "postgres"
-    password = f":{conf['PASSWORD']}" if conf["PASSWORD"] else ""
-    host, port = conf["HOST"] or "127.0.0.1", conf["PORT"] or "5432"
-    return f"postgres://{user}{password}@{host}:{port}/{conf['NAME']}"
 
 
 @dataclass

@@ -13,22 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
+
+from tests.conftest import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 API_BATCH_LIMIT = 10
 LISTENING = re.compile(r"Listening on TCP address (127\.0\.0\.1:\d+)")
-
-
-def database_url() -> str:
-    """The test database as a DATABASE_URL, for the process this module starts."""
-    conf = settings.DATABASES["default"]
-    if conf["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{conf['NAME']}"
-    user = conf["USER"] or "postgres"
-    password = f":{conf['PASSWORD']}" if conf["PASSWORD"] else ""
-    host, port = conf["HOST"] or "127.0.0.1", conf["PORT"] or "5432"
-    return f"postgres://{user}{password}@{host}:{port}/{conf['NAME']}"
 
 
 @dataclass

@@ -39,8 +39,7 @@ from django.core.management import call_command
 from masters.choices import HealthStatus, MessageStatus, Role
 from masters.models import Master, Message, RuntimeSettings
 from tests.browser.conftest import start_web
-from tests.conftest import make_master, sim_control, wait_until
-from tests.test_prober_processes import database_url
+from tests.conftest import database_url, make_master, sim_control, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
