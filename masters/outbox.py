@@ -214,8 +214,13 @@ def _mark_claimed(
                 "lease_expires_at = %s, updated_at = %s, attempts = m.attempts + 1, "
                 "master_id = claim.master_id "
                 "FROM unnest(%s::bigint[], %s::bigint[]) AS claim (id, master_id) "
-                "WHERE m.id = claim.id" + (check if picked else ""),
-                [*claimed.values(), list(rows), list(rows.values())] + (routable if picked else []),
+                # Redundant with the join, on purpose: it lets the planner read
+                # the claimed rows through the primary key. Without it, the
+                # routable check made it hash the whole table (a sequential
+                # scan per claim, 8 ms at 20,000 queued rows and growing).
+                "WHERE m.id = claim.id AND m.id = ANY(%s::bigint[])" + (check if picked else ""),
+                [*claimed.values(), list(rows), list(rows.values()), list(rows)]
+                + (routable if picked else []),
             )
             marked = {row[0] for row in cursor.fetchall()} if picked else set()
         return {m_id: master_id for m_id, master_id in picked.items() if m_id in marked}
@@ -327,7 +332,9 @@ def _record_sent_in_one_statement(owner: str, outcomes: list[Outcome], now) -> s
             "gateway_message_id = result.gateway_message_id "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::varchar[]) "
             "AS result (id, epoch, master_id, gateway_message_id) "
-            "WHERE m.id = result.id AND m.epoch = result.epoch "
+            # m.id = ANY: read our rows by primary key (see _mark_claimed), not
+            # every in-flight row of every dispatcher.
+            "WHERE m.id = result.id AND m.id = ANY(%s::bigint[]) AND m.epoch = result.epoch "
             "AND m.master_id = result.master_id "
             "AND m.lease_owner = %s AND m.status = %s "
             'RETURNING m.id, m."to", m.master_id), '
@@ -341,6 +348,7 @@ def _record_sent_in_one_statement(owner: str, outcomes: list[Outcome], now) -> s
                 [o.epoch for o in sent],
                 [o.master_id for o in sent],
                 [o.gateway_message_id for o in sent],
+                [o.message_id for o in sent],
                 owner,
                 MessageStatus.SENDING,
                 *remember_params,
