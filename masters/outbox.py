@@ -206,7 +206,7 @@ def _mark_claimed(
         check = (
             " AND (m.master_id IS NOT DISTINCT FROM claim.master_id OR claim.master_id IN "
             f"(SELECT id FROM {quote(Master._meta.db_table)} WHERE is_active "
-            f"AND health_status IN ({', '.join(['%s'] * len(routable))}))) RETURNING m.id"
+            f"AND health_status IN ({', '.join(['%s'] * len(routable))})))"
         )
         with connection.cursor() as cursor:
             cursor.execute(
@@ -222,7 +222,16 @@ def _mark_claimed(
                 [*claimed.values(), list(rows), list(rows.values()), list(rows)]
                 + (routable if picked else []),
             )
-            marked = {row[0] for row in cursor.fetchall()} if picked else set()
+            if cursor.rowcount == len(rows):
+                return picked  # the common case: no RETURNING of every row to read
+            # A master left rotation since the snapshot: read back which picked
+            # rows were marked (they are still locked by this claim).
+            cursor.execute(
+                f"SELECT id FROM {quote(Message._meta.db_table)} "
+                "WHERE id = ANY(%s::bigint[]) AND status = %s",
+                [list(picked), MessageStatus.SENDING],
+            )
+            marked = {row[0] for row in cursor.fetchall()}
         return {m_id: master_id for m_id, master_id in picked.items() if m_id in marked}
     routable = set(
         Master.objects.filter(

@@ -227,3 +227,22 @@ def test_a_master_that_left_rotation_after_the_snapshot_gets_no_new_message(mast
     Message.objects.update(next_attempt_at=timezone.now())
     [claimed] = outbox.claim("me", 10, timedelta(seconds=30), router)
     assert claimed.master_id == masters["b"].pk, "the router looked again"
+
+
+def test_only_the_messages_picked_for_a_master_that_left_rotation_wait(masters):
+    from masters import outbox
+    from masters.routing import Router
+
+    for number in ("+971501234574", "+971501234575"):
+        enqueue(NewMessage(number, "half a late snapshot"))
+    set_health(masters["c"], HealthStatus.FAILED)
+    router = Router()
+    router.snapshot()  # round robin over "a" and "b": one message each ...
+    set_health(masters["b"], HealthStatus.DEGRADED)  # ... and "b" leaves rotation
+
+    [claimed] = outbox.claim("me", 10, timedelta(seconds=30), router)
+
+    assert claimed.master_id == masters["a"].pk
+    waiting = Message.objects.exclude(pk=claimed.id).get()
+    assert (waiting.status, waiting.master_id) == (MessageStatus.QUEUED, None)
+    assert Message.objects.get(pk=claimed.id).status == MessageStatus.SENDING
