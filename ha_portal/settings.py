@@ -98,6 +98,11 @@ QUEUE = {
     "retry_base_ms": env_int("RETRY_BASE_MS", 1000, minimum=10),
     "retry_max_ms": env_int("RETRY_MAX_MS", 300_000, minimum=10),
     "lease_s": env_int("DISPATCH_LEASE", 30, minimum=5),
+    # A message whose send may have gone out unanswered (a timeout, a lost
+    # connection, a dispatcher that died mid-send) is retried only through the
+    # same master for this long, since the idempotency key de-duplicates only
+    # within one gateway; then any master may take it (docs/RELIABILITY.md).
+    "doubt_hold_s": env_int("DISPATCH_DOUBT_HOLD", 300, minimum=0),
     "send_timeout_ms": env_int("SEND_TIMEOUT", 10_000, minimum=100),
     "claim_batch": env_int("DISPATCH_BATCH", 200, minimum=1, maximum=5000),
     "per_master_concurrency": env_int("DISPATCH_CONCURRENCY", 64, minimum=1),

@@ -196,7 +196,12 @@ class Dispatcher:
             gateway_id = await lane.gateway.send(message.to, message.text, message.idempotency_key)
         except GatewayError as error:
             return Outcome(
-                message.id, message.epoch, master_id, error=error.detail, retryable=error.retryable
+                message.id,
+                message.epoch,
+                master_id,
+                error=error.detail,
+                retryable=error.retryable,
+                in_doubt=error.in_doubt,
             )
         finally:
             lane.slots.release()
@@ -295,8 +300,15 @@ class Dispatcher:
                     last_sweep = time.monotonic()
                     expired = await self.on(self.record_thread, outbox.expire_overdue)
                     reclaimed = await self.on(self.record_thread, outbox.reclaim_expired_leases)
-                    if expired or reclaimed:
-                        logger.info("%s: %d expired, %d reclaimed", self.name, expired, reclaimed)
+                    released = await self.on(self.record_thread, outbox.release_doubts)
+                    if expired or reclaimed or released:
+                        logger.info(
+                            "%s: %d expired, %d reclaimed, %d released from doubt",
+                            self.name,
+                            expired,
+                            reclaimed,
+                            released,
+                        )
             except DatabaseError:
                 logger.exception("%s: housekeeping failed", self.name)
             await asyncio.sleep(MASTERS_EVERY_S)

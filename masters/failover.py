@@ -25,6 +25,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from masters import outbox
 from masters.backup import BackupCandidate, choose_backup, gateway_host
 from masters.choices import EventKind, FailoverStatus, HealthStatus, MessageStatus, Severity
 from masters.models import ConversationAffinity, Event, FailoverEvent, Master, Message
@@ -68,11 +69,24 @@ def checksum(ids: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
 
 
-def movable_messages(master_id: int, now: datetime):
-    """Pending messages of a master, and claimed ones whose lease ran out unsent."""
-    return Message.objects.filter(master_id=master_id).filter(
-        Q(status__in=PENDING) | Q(status=MessageStatus.SENDING, lease_expires_at__lt=now)
+def movable(now: datetime) -> Q:
+    """What a failover or a rollback may move off a master: its pending work.
+
+    Pending messages, and claims whose lease ran out unsent, except those
+    that may have gone out through the master already (in doubt: a send that
+    timed out, a dispatcher that died mid-send, within ``doubt_hold_s``).
+    Another master would deliver those a second time, since only the first
+    master's gateway knows their idempotency key; they stay until the doubt
+    ends (outbox.release_doubts).
+    """
+    return (Q(status__in=PENDING) & ~Q(in_doubt_until__gt=now)) | Q(
+        status=MessageStatus.SENDING, lease_expires_at__lt=now - outbox.doubt_hold()
     )
+
+
+def movable_messages(master_id: int, now: datetime):
+    """A master's movable messages (see movable)."""
+    return Message.objects.filter(master_id=master_id).filter(movable(now))
 
 
 def candidate_for(master: Master, sending: dict[int, float]) -> BackupCandidate:
@@ -255,6 +269,13 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
         raise TransferMismatch(f"selected {selected} affinities, moved {moved_affinities}")
     event.moved_messages, event.moved_affinities = len(landed), moved_affinities
     event.checksum = expected
+    # What stays behind on purpose: messages that may have gone out already.
+    held = Message.objects.filter(
+        master_id=plan.failed_id, status__in=[*PENDING, MessageStatus.SENDING]
+    )
+    event.detail["held_in_doubt"] = held.filter(
+        Q(in_doubt_until__gt=now) | Q(status=MessageStatus.SENDING, lease_expires_at__lt=now)
+    ).count()
 
 
 def _ids(sql: str, params) -> list[int]:
@@ -275,7 +296,9 @@ def _move_sql(plan: Plan, event: FailoverEvent, now: datetime) -> tuple[str, lis
         f"UPDATE {table} SET master_id = %s, failover_id = %s, epoch = epoch + 1, "
         "status = %s, lease_owner = '', lease_expires_at = NULL, "
         "next_attempt_at = %s, updated_at = %s "
-        "WHERE master_id = %s AND (status IN (%s, %s) OR (status = %s AND lease_expires_at < %s)) "
+        "WHERE master_id = %s AND ("
+        "(status IN (%s, %s) AND (in_doubt_until IS NULL OR in_doubt_until <= %s)) "
+        "OR (status = %s AND lease_expires_at < %s)) "
         "RETURNING id"
     )
     params = [
@@ -286,8 +309,9 @@ def _move_sql(plan: Plan, event: FailoverEvent, now: datetime) -> tuple[str, lis
         at,
         plan.failed_id,
         *PENDING,
-        MessageStatus.SENDING,
         at,
+        MessageStatus.SENDING,
+        connection.ops.adapt_datetimefield_value(now - outbox.doubt_hold()),
     ]
     return sql, params
 
@@ -384,7 +408,7 @@ def rollback_failover(event_id: int, actor=None) -> FailoverEvent:
         now = timezone.now()
         messages = Message.objects.filter(
             failover=original, master_id=original.backup_master_id
-        ).filter(Q(status__in=PENDING) | Q(status=MessageStatus.SENDING, lease_expires_at__lt=now))
+        ).filter(movable(now))
         moved = messages.update(
             master_id=failed.pk,
             epoch=F("epoch") + 1,

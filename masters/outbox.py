@@ -66,6 +66,9 @@ class Outcome:
     # False when the send never started (no slot or rate token before the
     # claim ran short): the message goes back uncounted, to be claimed again.
     attempted: bool = True
+    # True when the gateway may have taken the message though the answer was
+    # lost (GatewayError.in_doubt): the retry stays on this master for a while.
+    in_doubt: bool = False
 
     @property
     def sent(self) -> bool:
@@ -295,6 +298,7 @@ def record(owner: str, outcomes: list[Outcome], max_attempts: int) -> list[Outco
                 last_error="",
                 lease_owner="",
                 lease_expires_at=None,
+                in_doubt_until=None,
                 updated_at=now,
             )
             for row in sent:
@@ -337,7 +341,7 @@ def _record_sent_in_one_statement(owner: str, outcomes: list[Outcome], now) -> s
     with connection.cursor() as cursor:
         cursor.execute(
             f"WITH sent AS (UPDATE {table} AS m SET status = %s, sent_at = %s, last_error = '', "
-            "lease_owner = '', lease_expires_at = NULL, updated_at = %s, "
+            "lease_owner = '', lease_expires_at = NULL, in_doubt_until = NULL, updated_at = %s, "
             "gateway_message_id = result.gateway_message_id "
             "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::varchar[]) "
             "AS result (id, epoch, master_id, gateway_message_id) "
@@ -380,6 +384,7 @@ RESULT_FIELDS = [
     "next_attempt_at",
     "lease_owner",
     "lease_expires_at",
+    "in_doubt_until",
     "updated_at",
     "attempts",
 ]
@@ -398,6 +403,7 @@ def _apply(
     elif outcome.sent:
         row.status, row.sent_at = MessageStatus.SENT, now
         row.gateway_message_id, row.last_error = outcome.gateway_message_id, ""
+        row.in_doubt_until = None
     elif not outcome.retryable:
         row.status, row.last_error = MessageStatus.DEAD, f"rejected: {outcome.error}"
     elif row.attempts >= max_attempts:
@@ -409,7 +415,11 @@ def _apply(
     else:
         row.status, row.last_error = MessageStatus.RETRYING, outcome.error
         row.next_attempt_at = now + backoff(row.attempts)
-        if outcome.master_id not in sendable:
+        if outcome.in_doubt:
+            row.in_doubt_until = doubt_ends(now)
+        if row.in_doubt(now):
+            row.last_error = f"{outcome.error} (it may have gone out: {DOUBT_NOTE})"
+        elif outcome.master_id not in sendable:
             # Its master failed (or went into maintenance) while the send was
             # under way: a failover of it may already have run, and will not
             # run again for this failure, so any master may take the retry.
@@ -439,13 +449,14 @@ def expire_overdue() -> int:
 def reclaim_expired_leases(max_attempts: int | None = None) -> int:
     """Return messages whose dispatcher died mid-send to the queue, under a new epoch.
 
-    The master stays assigned while it can send; otherwise the message goes
-    back unassigned (a failover of that master may have run already).
+    The dead dispatcher may have sent them: each keeps its master, in doubt
+    until ``doubt_hold_s`` after its lease ran out (the failover leaves it
+    there as long), so only that master's gateway, which knows its
+    idempotency key, sends it again; release_doubts frees it afterwards.
+    With no hold it goes back unassigned if its master cannot send.
     The epoch bump fences the old claim. A message that has used up its attempts
     this way goes dead instead of looping until its TTL (a poison message
-    that kills its dispatcher every time). The idempotency key makes a resend
-    of a message the dead dispatcher did deliver arrive once where the
-    gateway honours it.
+    that kills its dispatcher every time).
     """
     max_attempts = max_attempts or settings.QUEUE["max_attempts"]
     now = timezone.now()
@@ -467,7 +478,46 @@ def reclaim_expired_leases(max_attempts: int | None = None) -> int:
         "last_error": "reclaimed: the dispatcher's lease expired mid-send",
         **fence,
     }
+    hold = doubt_hold()
+    if hold:
+        return dead + expired.update(
+            in_doubt_until=F("lease_expires_at") + hold,
+            **retry | {"last_error": f"{retry['last_error']} ({DOUBT_NOTE})"},
+        )
     sendable = Master.objects.filter(is_active=True, health_status__in=SENDABLE).values("pk")
     kept = expired.filter(master__in=sendable).update(**retry)
     # A master that cannot send may have been failed over already: let any master take it.
     return dead + kept + expired.update(master=None, **retry)
+
+
+DOUBT_NOTE = "only this master sends it again until the doubt ends"
+
+
+def doubt_hold() -> timedelta:
+    return timedelta(seconds=settings.QUEUE["doubt_hold_s"])
+
+
+def doubt_ends(now: datetime) -> datetime | None:
+    """When a send that may have gone out at ``now`` stops binding the message to its master."""
+    hold = doubt_hold()
+    return now + hold if hold else None
+
+
+def release_doubts() -> int:
+    """Unassign messages whose doubt ended on a master that still cannot send.
+
+    Held so long, the message is sent by whichever master can: if the first
+    send did go out, the contact gets it twice, which is better than never.
+    """
+    now = timezone.now()
+    unsendable = Master.objects.exclude(is_active=True, health_status__in=SENDABLE).values("pk")
+    return Message.objects.filter(
+        master__in=unsendable, status=MessageStatus.RETRYING, in_doubt_until__lte=now
+    ).update(
+        master=None,
+        in_doubt_until=None,
+        epoch=F("epoch") + 1,
+        next_attempt_at=now,
+        last_error="released: its master stayed down past the doubt hold; any master may send it",
+        updated_at=now,
+    )

@@ -97,8 +97,9 @@ def test_a_failover_never_requeues_a_message_recorded_as_sent_meanwhile(monkeypa
     make_master("b", "+971505760057", gateway_url="http://127.0.0.2:3000")
     enqueue(NewMessage("+971501234597", "late record", idempotency_key="k"))
     [claimed] = outbox.claim("d1", 10, timedelta(seconds=30))
+    # Lapsed longer ago than the doubt hold: movable, were it not recorded meanwhile.
     Message.objects.filter(pk=claimed.id).update(
-        master=a, lease_expires_at=timezone.now() - timedelta(seconds=1)
+        master=a, lease_expires_at=timezone.now() - timedelta(minutes=10)
     )
     real_plan = failover.plan_failover
 

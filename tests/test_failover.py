@@ -49,7 +49,8 @@ def snapshot():
 
 def test_it_moves_pending_messages_and_affinities_to_the_backup(trio):
     a, b, c = trio
-    past = timezone.now() - timedelta(seconds=5)
+    # Lapsed longer ago than the doubt hold (tests/test_in_doubt.py has the recent ones).
+    past = timezone.now() - timedelta(minutes=10)
     future = timezone.now() + timedelta(seconds=30)
     pending = add(a, MessageStatus.QUEUED, 3) + add(a, MessageStatus.RETRYING, 2)
     orphaned = add(a, MessageStatus.SENDING, lease_expires_at=past, lease_owner="dead")
@@ -180,7 +181,9 @@ def test_a_dispatcher_holding_a_stale_claim_cannot_record_after_the_move(trio):
     Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.DEGRADED)
     [claimed] = outbox.claim("old", 10, timedelta(seconds=30))
     Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.FAILED)
-    Message.objects.filter(pk=message.pk).update(lease_expires_at=timezone.now())
+    # Lapsed past the doubt hold, so the failover moves it.
+    lapsed = timezone.now() - timedelta(minutes=10)
+    Message.objects.filter(pk=message.pk).update(lease_expires_at=lapsed)
     execute_failover(a.pk, reason="master failed")
 
     late = outbox.Outcome(claimed.id, claimed.epoch, a.pk, gateway_message_id="late")
@@ -398,7 +401,9 @@ def test_a_send_failing_after_its_master_was_failed_over_goes_back_to_the_pool(t
     assert (message.status, message.master_id) == (MessageStatus.RETRYING, None)
 
 
-def test_a_claim_expiring_after_its_master_was_failed_over_goes_back_to_the_pool(trio):
+def test_with_no_doubt_hold_a_claim_expiring_after_a_failover_goes_back_to_the_pool(trio, settings):
+    # DISPATCH_DOUBT_HOLD=0; by default it waits for its master (tests/test_in_doubt.py).
+    settings.QUEUE = settings.QUEUE | {"doubt_hold_s": 0}
     a, b, _ = trio
     claimed = claimed_on(a)
     execute_failover(a.pk, reason="master failed")

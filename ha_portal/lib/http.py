@@ -42,7 +42,15 @@ class HttpTimeout(HttpError):
 
 
 class HttpConnectionError(HttpError):
-    """The connection could not be made or was lost (refused, reset, DNS)."""
+    """The connection could not be made or was lost (refused, reset, DNS).
+
+    ``request_sent`` is False only when no connection was ever made: then
+    the server cannot have seen the request.
+    """
+
+    def __init__(self, detail: str, *, request_sent: bool = True) -> None:
+        super().__init__(detail)
+        self.request_sent = request_sent
 
 
 class HttpDecodeError(HttpError):
@@ -140,7 +148,10 @@ class HttpClient:
         except TimeoutError:
             raise HttpTimeout(f"timed out after {timeout:g}s") from None
         except aiohttp.ClientConnectionError as error:
-            raise HttpConnectionError(describe_connection_error(error)) from error
+            raise HttpConnectionError(
+                describe_connection_error(error),
+                request_sent=not isinstance(error, aiohttp.ClientConnectorError),
+            ) from error
         except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as error:
             raise HttpError(describe_protocol_error(error)) from error
         except aiohttp.ClientError as error:

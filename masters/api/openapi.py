@@ -312,6 +312,11 @@ def schemas(limit: int) -> dict[str, Schema]:
                 "sent_at": timestamp,
                 "expires_at": timestamp,
                 "next_attempt_at": timestamp,
+                "in_doubt_until": timestamp
+                | {
+                    "description": "set while a send through its master may have gone out "
+                    "unanswered: until then only that master sends it again"
+                },
             },
         },
         "Route": {

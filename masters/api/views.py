@@ -166,6 +166,7 @@ def message_detail(request: HttpRequest, message_id: int) -> HttpResponse:
             "sent_at": iso(message.sent_at),
             "expires_at": iso(message.expires_at),
             "next_attempt_at": iso(message.next_attempt_at),
+            "in_doubt_until": iso(message.in_doubt_until),
         }
     )
 

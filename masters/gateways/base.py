@@ -132,19 +132,33 @@ class GatewayError(Exception):
     (timeouts, refused connections, 5xx, 429, 401/403, a session that is not
     working, a reply we cannot read): a retry, possibly through another
     master, can succeed, and the idempotency key keeps a retry from sending twice.
+
+    ``in_doubt=True`` means the gateway may have taken the message although
+    no usable answer came back (a timeout, a connection lost after the
+    request went out, a 2xx reply we cannot read). The key de-duplicates
+    only within this gateway, so such a message must not go out through
+    another master at once (outbox.record holds it on this one).
     """
 
-    def __init__(self, detail: str, *, retryable: bool, http_status: int | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retryable: bool,
+        http_status: int | None = None,
+        in_doubt: bool = False,
+    ) -> None:
         detail = clean_text(detail)
         super().__init__(detail)
         self.detail = detail
         self.retryable = retryable
         self.http_status = http_status
+        self.in_doubt = in_doubt
 
     def __repr__(self) -> str:
         return (
             f"GatewayError({self.detail!r}, retryable={self.retryable}, "
-            f"http_status={self.http_status})"
+            f"http_status={self.http_status}, in_doubt={self.in_doubt})"
         )
 
 
@@ -223,7 +237,10 @@ class Gateway(ABC):
         except (HttpError, MalformedReply) as error:
             # The message may or may not have gone; the idempotency key makes a retry safe.
             raise GatewayError(
-                f"malformed reply: {error}", retryable=True, http_status=response.status
+                f"malformed reply: {error}",
+                retryable=True,
+                http_status=response.status,
+                in_doubt=True,
             ) from error
 
     async def restart(self) -> RestartResult:
@@ -290,12 +307,15 @@ class Gateway(ABC):
             return await self.http.request(
                 method, url, headers=headers, json=json, timeout=self.timeout
             )
+        # Only a connection never made proves the gateway did not take the request.
         except HttpTimeout:
-            raise GatewayError(f"timed out after {self.timeout:g}s", retryable=True) from None
+            raise GatewayError(
+                f"timed out after {self.timeout:g}s", retryable=True, in_doubt=True
+            ) from None
         except HttpConnectionError as error:
-            raise GatewayError(str(error), retryable=True) from error
+            raise GatewayError(str(error), retryable=True, in_doubt=error.request_sent) from error
         except HttpError as error:
-            raise GatewayError(f"{self.label}: {error}", retryable=True) from error
+            raise GatewayError(f"{self.label}: {error}", retryable=True, in_doubt=True) from error
 
     def send_error(self, response: HttpResponse) -> GatewayError:
         """Build the error for a non-2xx reply to a send."""

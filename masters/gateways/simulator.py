@@ -463,6 +463,18 @@ async def send_text(request: web.Request) -> web.Response:
     if (problem := send_problem(body)) is not None:
         raise Reject(400, problem)
     session = state.get(body["session"])
+    key = request.headers.get("Idempotency-Key") or None
+    if session.mode is Mode.SLOW:
+        # A slow gateway still sends what it was given after its client
+        # stopped waiting (real WAHA does): that is what leaves a timed-out
+        # send in doubt. Hang, by contrast, never reaches WhatsApp.
+        return await asyncio.shield(deliver_after_hold(state, session, body, key))
+    return await deliver_after_hold(state, session, body, key)
+
+
+async def deliver_after_hold(
+    state: SimulatorState, session: Session, body: dict[str, Any], key: str | None
+) -> web.Response:
     await hold(state, session)
     status = state.status(session)
     if status != "WORKING":
@@ -473,7 +485,6 @@ async def send_text(request: web.Request) -> web.Response:
         )
     if session.mode is Mode.BROKEN_SENDS:
         raise Reject(500, "Internal server error: the simulator was told to break sends")
-    key = request.headers.get("Idempotency-Key") or None
     delivery, created = state.accept(session.name, body["chatId"], body["text"], key)
     return web.json_response(
         {

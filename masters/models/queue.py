@@ -56,6 +56,12 @@ class Message(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Set when a send through ``master`` may have been delivered without an
+    # answer (its reply was lost, or its dispatcher died): until then the
+    # message goes out through that master only, whose gateway knows its
+    # idempotency key, and no failover moves it: another master would
+    # deliver it a second time.
+    in_doubt_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     # The failover that last moved this message here, so a rollback moves back
     # exactly what it moved.
@@ -115,6 +121,10 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"message {self.pk} to {self.to} ({self.status})"
+
+    def in_doubt(self, now: datetime) -> bool:
+        """Say whether only this message's master may send it now (see in_doubt_until)."""
+        return self.in_doubt_until is not None and self.in_doubt_until > now
 
     @property
     def gateway_idempotency_key(self) -> str:

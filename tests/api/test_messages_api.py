@@ -316,6 +316,7 @@ def test_reading_a_new_message_shows_it_queued_and_unassigned(client, token):
         "sent_at": None,
         "expires_at": body["expires_at"],
         "next_attempt_at": body["next_attempt_at"],
+        "in_doubt_until": None,
     }
     for name in ("created_at", "updated_at", "expires_at", "next_attempt_at"):
         assert body[name].endswith("Z")
