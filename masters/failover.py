@@ -1,11 +1,12 @@
 """Failover: a failed master's pending work moves to a backup in one transaction.
 
 ``execute_failover`` is the whole move: it locks the failed master's row
-for the duration (a second failover of the same master is refused at once
-on PostgreSQL and waits its turn on SQLite; a crashed worker's lock goes
-with its connection), picks the backup (masters.backup), moves the pending
+for the duration (a second failover of the same master waits for the first,
+up to ``LOCK_WAIT``, and is then refused; a crashed worker's lock goes with
+its connection), picks the backup (masters.backup), moves the pending
 messages (bumping their epoch, so a dispatcher holding a stale claim cannot
-record a send) and the conversation affinities, passes the routing role on,
+record a send; those that may have gone out already stay, see ``movable``)
+and the conversation affinities, passes the routing role on,
 verifies the move (counts and a checksum of the moved ids) and records a
 FailoverEvent, all or nothing. ``rollback_failover`` undoes one, the same way.
 """
