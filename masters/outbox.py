@@ -437,13 +437,19 @@ def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
 
 
 def expire_overdue() -> int:
-    """Expire pending messages past their TTL: late is worse than never for a bot."""
+    """Expire pending messages past their TTL: late is worse than never for a bot.
+
+    One whose earlier send may have gone out says so: it may have arrived.
+    """
     now = timezone.now()
-    return Message.objects.filter(status__in=PENDING, expires_at__lte=now).update(
-        status=MessageStatus.EXPIRED,
-        last_error="expired before it could be sent",
-        updated_at=now,
+    overdue = Message.objects.filter(status__in=PENDING, expires_at__lte=now)
+    expired = {"status": MessageStatus.EXPIRED, "updated_at": now}
+    doubtful = overdue.filter(in_doubt_until__isnull=False).update(
+        last_error="expired before it could be sent again: an earlier send through "
+        "its master may have gone out, unconfirmed",
+        **expired,
     )
+    return doubtful + overdue.update(last_error="expired before it could be sent", **expired)
 
 
 def reclaim_expired_leases(max_attempts: int | None = None) -> int:

@@ -120,6 +120,22 @@ def test_a_send_in_doubt_stays_on_its_master_through_a_failover_until_the_hold_e
     assert again.id == claimed.id and again.master_id is None
 
 
+def test_a_message_expiring_in_doubt_says_it_may_have_arrived(trio):
+    a, _, _ = trio
+    Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.HEALTHY)
+    claimed = claimed_on(a)
+    timed_out = outbox.Outcome(claimed.id, claimed.epoch, a.pk, error="timed out", in_doubt=True)
+    outbox.record("d1", [timed_out], 10)
+    enqueue(NewMessage("+971501234568", "never tried"))
+    Message.objects.update(expires_at=timezone.now())
+
+    assert outbox.expire_overdue() == 2
+
+    reasons = dict(Message.objects.values_list("pk", "last_error"))
+    assert "may have gone out" in reasons.pop(claimed.id)
+    assert list(reasons.values()) == ["expired before it could be sent"]
+
+
 def test_a_definite_failure_is_not_held(trio):
     a, _, _ = trio
     Master.objects.filter(pk=a.pk).update(health_status=HealthStatus.HEALTHY)
