@@ -22,7 +22,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -451,8 +451,18 @@ def rollback_failover(event_id: int, actor=None) -> FailoverEvent:
         return original
 
 
+# A failover asked for this long ago that left no FailoverEvent is asked for
+# again: its django-q2 task was lost (a Redis broker restarted empty, a
+# worker killed before it started). A duplicate of a task that was only slow
+# waits on the master's lock and is refused; one that ran left its event.
+REASK_AFTER = timezone.timedelta(seconds=30)
+
+
 def due_for_failover(now=None) -> list[int]:
-    """Masters failed longer than FAILOVER_TIMEOUT with no failover asked for since."""
+    """Masters failed longer than FAILOVER_TIMEOUT with no failover asked for since.
+
+    Or asked for more than ``REASK_AFTER`` ago with nothing to show for it.
+    """
     from masters.models import ProberLease, RuntimeSettings
 
     runtime = RuntimeSettings.current()
@@ -460,6 +470,9 @@ def due_for_failover(now=None) -> list[int]:
         return []
     now = now or timezone.now()
     cutoff = now - timezone.timedelta(milliseconds=runtime.failover_timeout_ms)
+    ran = FailoverEvent.objects.filter(
+        failed_master=OuterRef("pk"), started_at__gte=OuterRef("failover_requested_at")
+    )
     return list(
         Master.objects.filter(
             health_status=HealthStatus.FAILED,
@@ -469,6 +482,7 @@ def due_for_failover(now=None) -> list[int]:
         .filter(
             Q(failover_requested_at__isnull=True)
             | Q(failover_requested_at__lt=F("health_changed_at"))
+            | (Q(failover_requested_at__lt=now - REASK_AFTER) & ~Exists(ran))
         )
         .values_list("pk", flat=True)
     )

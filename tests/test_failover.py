@@ -16,6 +16,7 @@ from masters.failover import (
     due_for_failover,
     execute_failover,
     plan_failover,
+    request_failovers,
     rollback_failover,
 )
 from masters.models import ConversationAffinity, Event, FailoverEvent, Master, Message
@@ -206,6 +207,19 @@ def test_only_masters_failed_past_the_grace_period_are_due(trio, settings):
     runtime.failover_enabled = False
     runtime.save()
     assert due_for_failover() == []
+
+
+def test_a_failover_asked_for_that_never_ran_is_asked_for_again(trio):
+    a, _, _ = trio
+    assert request_failovers() == [a.pk]
+    assert due_for_failover() == [], "asked for once"
+
+    # Its task was lost (the broker restarted empty): 31 s on, nothing ran.
+    later = timezone.now() + timedelta(seconds=31)
+    assert due_for_failover(later) == [a.pk]
+
+    execute_failover(a.pk, reason="master failed")
+    assert due_for_failover(later) == [], "it ran: its event is there"
 
 
 @pytest.mark.skipif("connection.vendor != 'postgresql'")
