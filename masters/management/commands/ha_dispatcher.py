@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from ha_portal.lib.collector import settle_after_startup
 from masters.dispatcher import Dispatcher
 
 
@@ -19,7 +20,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, name: str | None, **options: Any) -> None:
         dispatcher = Dispatcher(name)
-        self.stdout.write(f"Dispatcher {dispatcher.name} starting")
+        frozen = settle_after_startup()
+        self.stdout.write(
+            f"Dispatcher {dispatcher.name} starting "
+            f"({frozen:,} start-up objects kept out of garbage collection)"
+        )
         self.stdout.flush()
         asyncio.run(self.run(dispatcher))
         self.stdout.write(f"Dispatcher {dispatcher.name} stopped after sending {dispatcher.sent}")
