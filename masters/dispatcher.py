@@ -25,9 +25,10 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
+from ha_portal.lib.db import with_fresh_connection
 from ha_portal.lib.http import HttpClient
 from masters import outbox
 from masters.gateways import Gateway, GatewayError, gateway_for
@@ -100,7 +101,7 @@ class Dispatcher:
 
     async def on(self, thread: ThreadPoolExecutor, function: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
-            thread, partial(_with_fresh_connection, function, *args)
+            thread, partial(with_fresh_connection, function, *args)
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -366,8 +367,3 @@ def report_to_health(outcomes: list[Outcome]) -> None:
             else:
                 master.record_send_result(False, outcome.error)
                 master.send_error_streak += 1
-
-
-def _with_fresh_connection(function: Callable, *args: Any) -> Any:
-    close_old_connections()
-    return function(*args)

@@ -29,10 +29,11 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ha_portal.lib.db import with_fresh_connection
 from ha_portal.lib.http import HttpClient
 from masters import recovery
 from masters.choices import EventKind, HealthStatus, Severity
@@ -310,7 +311,7 @@ class Prober:
     async def db(self, function: Callable, *args: Any) -> Any:
         """Run ORM work on the prober's one database thread."""
         return await asyncio.get_running_loop().run_in_executor(
-            self.db_thread, partial(_with_fresh_connection, function, *args)
+            self.db_thread, partial(with_fresh_connection, function, *args)
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -531,9 +532,3 @@ class Prober:
         for master_id, status in statuses.items():
             if master_id in self.targets:
                 self.targets[master_id].status = status
-
-
-def _with_fresh_connection(function: Callable, *args: Any) -> Any:
-    # Drops a connection the database closed (a restart) before it is reused.
-    close_old_connections()
-    return function(*args)
