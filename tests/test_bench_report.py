@@ -110,10 +110,33 @@ def test_a_rendered_section_says_when_where_and_how_it_was_measured():
 
 
 def test_the_overhead_verdict_is_the_median_of_the_back_to_back_pairs():
-    from monitoring.bench.throughput import Drain, overhead_ratio
+    from monitoring.bench.throughput import Drain, overhead_verdict, pair_ratios
 
     rates = [("balanced", 100), ("straight", 110), ("balanced", 90), ("straight", 80)]
     rates += [("balanced", 300), ("straight", 300)]  # a fast moment of the machine
     drains = [Drain(kind, 1000, 1000, rate, {}) for kind, rate in rates]
     # Pairs 0.909, 1.125, 1.0; the medians of each kind (100 / 110) would say 0.909.
-    assert overhead_ratio(drains) == pytest.approx(1.0)
+    assert pair_ratios(drains) == pytest.approx([0.909, 1.125, 1.0], abs=0.001)
+    # Three pairs cannot bound the median: the verdict is the median's alone.
+    assert overhead_verdict(pair_ratios(drains)) == ("—", "met")
+
+
+def test_a_median_above_the_goal_whose_interval_reaches_below_it_is_met_only_in_the_noise():
+    from monitoring.bench.throughput import overhead_verdict
+
+    steady = [0.99, 0.985, 0.99, 0.995, 0.99, 0.985]
+    assert overhead_verdict(steady) == ("0.985 to 0.995", "met")
+    noisy = [0.99, 0.90, 1.05, 0.99, 0.95, 1.01]
+    assert overhead_verdict(noisy) == ("0.900 to 1.050", "met within the noise")
+    slow = [0.95, 0.96, 0.97, 0.97, 0.99, 0.96]
+    assert overhead_verdict(slow) == ("0.950 to 0.990", "**not met**")
+
+
+def test_the_median_interval_takes_the_order_statistics_the_binomial_tails_allow():
+    from monitoring.bench.harness import median_interval
+
+    # 21 values: P(at most 5 below the median) = 1.3 % per tail, 6 would be 3.9 %.
+    assert median_interval(range(1, 22)) == (6, 16)
+    assert median_interval([5, 1, 4, 2, 6, 3]) == (1, 6)
+    with pytest.raises(ValueError, match="5 values cannot bound the median"):
+        median_interval([1, 2, 3, 4, 5])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import platform
 import re
@@ -461,6 +462,26 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Return a distribution-free interval holding the median with at least ``confidence``.
+
+    The order statistics (k, n + 1 - k) for the largest k whose two binomial
+    tails (n, 1/2) together stay within 1 - confidence. Assumes nothing
+    about the shape of the noise, only that the values are independent.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    k, below = 0, 0.0  # below: P(fewer than k + 1 of n values fall under the median)
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n
+        if 2 * below > 1 - confidence:
+            break
+        k += 1
+    if k == 0:
+        raise ValueError(f"{n} values cannot bound the median with {confidence:.0%} confidence")
+    return ordered[k - 1], ordered[n - k]
 
 
 def machine() -> str:
