@@ -140,3 +140,22 @@ def test_the_median_interval_takes_the_order_statistics_the_binomial_tails_allow
     assert median_interval([5, 1, 4, 2, 6, 3]) == (1, 6)
     with pytest.raises(ValueError, match="5 values cannot bound the median"):
         median_interval([1, 2, 3, 4, 5])
+
+
+def test_the_claim_cost_is_set_beside_what_a_message_costs_the_machine_in_the_drains():
+    from monitoring.bench.throughput import Drain, Results, render_claims
+
+    results = Results()
+    results.claim_ms = {"balanced": [6.3, 6.5, 6.4], "straight": [5.2, 5.3, 5.1]}
+    # 180 % of the machine at 3,000 msg/s: 600 µs of CPU per message, 300 in the dispatcher.
+    results.drains = [
+        Drain("balanced", 20_000, 20_000, 3_000.0, {"machine": 180.0, "dispatcher-1": 90.0})
+    ]
+
+    text = render_claims(results)
+
+    assert "| balanced     | 6.40 ms | 32.0 µs     |" in text
+    assert "| straight     | 5.20 ms | 26.0 µs     |" in text
+    assert "Balancing adds 6.0 µs a message to the claim" in text
+    assert "spent 600 µs of the machine's CPU per message sent (1.0 % of it)" in text
+    assert "300 µs of it in the dispatchers (2.0 %)" in text
