@@ -121,8 +121,11 @@ if QUEUE["lease_s"] * 1000 < QUEUE["send_timeout_ms"] + 6000:
 # Load balancing on top of the strategy (issue 4).
 BALANCING = {
     "affinity_ttl_s": env_int("AFFINITY_TTL", 86_400, minimum=1),
-    # A contact stays on its master only while that master holds fewer than
-    # this many unsent messages: one busy contact cannot pin a master.
+    # A contact stays on its master while that master holds fewer than this
+    # many unsent messages, or, past it, no more than a quarter above the
+    # routable masters' mean (masters.balancing.AFFINITY_LOAD_SLACK): one busy
+    # contact cannot pin a master, and a backlog shared by all does not
+    # switch stickiness off.
     "affinity_max_pending": env_int("AFFINITY_MAX_PENDING", 200, minimum=1),
     "slow_start_s": env_int("SLOW_START", 60, minimum=0),
     "slow_start_min_share": 0.1,

@@ -252,6 +252,22 @@ def test_affinity_yields_once_its_master_reaches_the_pending_bound():
     ]
 
 
+def test_under_a_backlog_affinity_holds_until_its_master_is_a_quarter_above_the_mean():
+    # Every master far past the absolute bound (10): a backlog, not one busy contact.
+    snap = snapshot(master(1, pending=500), master(2, pending=500), master(3, pending=500))
+    state = BalancerState()
+    decisions = []
+    for _ in range(300):
+        decision = pick(snap, Strategy.ROUND_ROBIN, state, affinity_id=2, now=NOW, **LIMITS)
+        snap.add_pending(decision.candidate_id)
+        decisions.append((decision.candidate_id, decision.reason))
+    # Master 2 keeps the contact while 500 + k <= 1.25 * (1500 + k) / 3: k = 0..214.
+    assert decisions[:215] == [(2, "affinity")] * 215
+    assert decisions[215] == (1, "round-robin")
+    # From then on it takes the contact back only while the others catch up.
+    assert snap.get(2).pending <= 1.25 * snap.total_pending / 3 + 1
+
+
 # --- slow start --------------------------------------------------------------------
 
 

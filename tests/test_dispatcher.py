@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 from django.utils import timezone
@@ -71,6 +72,32 @@ def test_round_robin_spreads_messages_over_the_healthy_masters(
     per_session = Counter(d.session for d in simulator.state.messages())
     assert sorted(per_session) == ["a", "b", "c"]
     assert max(per_session.values()) - min(per_session.values()) <= 2
+
+
+def test_under_a_backlog_every_contact_keeps_its_master(
+    masters, simulator, start_dispatcher, settings
+):
+    # Every master holds more unsent messages than the absolute bound while the
+    # queue drains; load stays even, so no master is overloaded against the others.
+    settings.BALANCING = settings.BALANCING | {"affinity_max_pending": 5}
+    # 61 contacts in turn: with a multiple of the 3 masters, round robin alone
+    # would give each contact the same master every time.
+    contacts = [f"+97150123{i:04d}" for i in range(61)]
+    enqueue_batch([NewMessage(contacts[i % 61], f"m{i}") for i in range(900)])
+    start_dispatcher()
+    wait_until(lambda: Message.objects.filter(status=MessageStatus.SENT).count() == 900, timeout=60)
+
+    masters_by_contact: dict[str, list[int]] = {}
+    for to, master_id in Message.objects.order_by("pk").values_list("to", "master_id"):
+        masters_by_contact.setdefault(to, []).append(master_id)
+    repeats = kept = 0
+    for chosen in masters_by_contact.values():
+        repeats += len(chosen) - 1
+        kept += sum(1 for before, after in pairwise(chosen) if before == after)
+    # Round robin alone would keep about a third.
+    assert kept / repeats >= 0.9
+    per_session = Counter(d.session for d in simulator.state.messages())
+    assert max(per_session.values()) <= 1.25 * 900 / 3
 
 
 def test_no_message_goes_to_a_degraded_failed_or_maintenance_master(
