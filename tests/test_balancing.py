@@ -236,14 +236,20 @@ def test_affinity_yields_when_its_master_has_left_rotation():
     assert (decision.candidate_id, decision.reason) == (1, "round-robin")
 
 
-def test_affinity_yields_once_its_master_reaches_the_pending_bound():
-    snap = snapshot(master(1), master(2, pending=LIMITS["affinity_max_pending"] - 2))
+def picks_for_contact(snap: Snapshot, strategy: str, affinity_id: int, count: int) -> list:
+    """Route ``count`` messages of one contact, counting each pick as the router does."""
     state = BalancerState()
     decisions = []
-    for _ in range(4):
-        decision = pick(snap, Strategy.LEAST_LOADED, state, affinity_id=2, now=NOW, **LIMITS)
+    for _ in range(count):
+        decision = pick(snap, strategy, state, affinity_id=affinity_id, now=NOW, **LIMITS)
         snap.add_pending(decision.candidate_id)
         decisions.append((decision.candidate_id, decision.reason))
+    return decisions
+
+
+def test_affinity_yields_once_its_master_reaches_the_pending_bound():
+    snap = snapshot(master(1), master(2, pending=LIMITS["affinity_max_pending"] - 2))
+    decisions = picks_for_contact(snap, Strategy.LEAST_LOADED, affinity_id=2, count=4)
     assert decisions == [
         (2, "affinity"),
         (2, "affinity"),
@@ -255,12 +261,7 @@ def test_affinity_yields_once_its_master_reaches_the_pending_bound():
 def test_under_a_backlog_affinity_holds_until_its_master_is_a_quarter_above_the_mean():
     # Every master far past the absolute bound (10): a backlog, not one busy contact.
     snap = snapshot(master(1, pending=500), master(2, pending=500), master(3, pending=500))
-    state = BalancerState()
-    decisions = []
-    for _ in range(300):
-        decision = pick(snap, Strategy.ROUND_ROBIN, state, affinity_id=2, now=NOW, **LIMITS)
-        snap.add_pending(decision.candidate_id)
-        decisions.append((decision.candidate_id, decision.reason))
+    decisions = picks_for_contact(snap, Strategy.ROUND_ROBIN, affinity_id=2, count=300)
     # Master 2 keeps the contact while 500 + k <= 1.25 * (1500 + k) / 3: k = 0..214.
     assert decisions[:215] == [(2, "affinity")] * 215
     assert decisions[215] == (1, "round-robin")
