@@ -320,6 +320,23 @@ def test_a_contact_routed_moments_ago_keeps_its_master_until_the_send_is_recorde
     assert third.reason == "round-robin"
 
 
+def test_a_released_affinity_is_not_pinned_again_by_the_routers_memory(router, clock):
+    # Rebalancing and failover release a master's contacts by deleting their
+    # rows; a contact the router had just kept on that master by its row must
+    # be routed afresh, not held there by the router's own memory.
+    pinned = make_master("a", "+971500000001")
+    make_master("b", "+971500000002")
+    affinity(CONTACT, pinned, 3600, clock.now)
+    [first] = router.route_many([(1, CONTACT, "")]).values()
+    assert (first.candidate_id, first.reason) == (pinned.pk, "affinity")
+
+    ConversationAffinity.objects.filter(master=pinned).delete()
+    clock.advance(1)
+    [second] = router.route_many([(2, CONTACT, "")]).values()
+
+    assert second.reason == "round-robin"
+
+
 # --- slow start --------------------------------------------------------------------
 
 
