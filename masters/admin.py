@@ -8,6 +8,7 @@ from django.http import HttpRequest
 from masters.forms import AlertRecipientAdminForm, MasterAdminForm
 from masters.models import (
     AlertRecipient,
+    DispatcherNode,
     Event,
     FailoverEvent,
     HealthCheck,
@@ -141,3 +142,11 @@ class MessageAdmin(ReadOnlyAdmin):
     list_display = ("id", "to", "status", "master", "attempts", "created_at", "last_error")
     list_filter = ("status", "master")
     search_fields = ("to", "idempotency_key")
+
+
+@admin.register(DispatcherNode)
+class DispatcherNodeAdmin(ReadOnlyAdmin):
+    """The dispatchers that checked in: each sends at most its share of a master's rate."""
+
+    list_display = ("name", "started_at", "seen_at")
+    ordering = ("-seen_at",)

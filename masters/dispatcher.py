@@ -32,7 +32,8 @@ from ha_portal.lib.db import with_fresh_connection
 from ha_portal.lib.http import HttpClient
 from masters import outbox
 from masters.gateways import Gateway, GatewayError, gateway_for
-from masters.models import Master
+from masters.models import DispatcherNode, Master
+from masters.models.dispatch import rate_share
 from masters.outbox import Claimed, Outcome
 from masters.routing import Router
 
@@ -71,6 +72,11 @@ class RateLimiter:
                 return
             await asyncio.sleep((1 - self.tokens) / self.rate)
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate in place; tokens saved beyond the new burst are dropped."""
+        self.rate = max(rate, 0.001)
+        self.tokens = min(self.tokens, self.rate)
+
 
 @dataclass
 class Lane:
@@ -98,6 +104,7 @@ class Dispatcher:
         self.capacity = asyncio.Event()
         self.capacity.set()
         self.sent = 0
+        self.dispatchers = 0  # live dispatchers sharing each master's rate, self included
 
     async def on(self, thread: ThreadPoolExecutor, function: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
@@ -123,6 +130,10 @@ class Dispatcher:
             self.outcomes_ready.set()
             await asyncio.gather(recording, housekeeping, return_exceptions=True)
             await self.flush_remaining()
+            try:
+                await self.on(self.record_thread, DispatcherNode.check_out, self.name)
+            except DatabaseError:
+                logger.exception("%s: could not check out; the others wait for it", self.name)
         for thread in (self.claim_thread, self.record_thread):
             thread.submit(connections.close_all).result()
             thread.shutdown(wait=True)
@@ -292,7 +303,7 @@ class Dispatcher:
             logger.exception("%s: could not report send results to health", self.name)
 
     async def housekeeping_loop(self, stopping: asyncio.Event) -> None:
-        """Refresh masters every second; expire and reclaim every few seconds."""
+        """Check in and refresh masters every second; expire and reclaim every few seconds."""
         last_sweep = 0.0
         while not stopping.is_set():
             try:
@@ -315,16 +326,32 @@ class Dispatcher:
             await asyncio.sleep(MASTERS_EVERY_S)
 
     async def refresh_lanes(self) -> None:
-        """Keep one lane per sendable master, rebuilt when its gateway or rate changes."""
+        """Check in, and keep one lane per sendable master at this dispatcher's share of its rate.
+
+        A lane is rebuilt when its gateway changes; a new rate or share is
+        applied in place, so sends under way keep their slots.
+        """
+        dispatchers = await self.on(self.record_thread, DispatcherNode.check_in, self.name)
+        if dispatchers != self.dispatchers:
+            logger.info(
+                "%s: %d dispatcher(s) running, each sending at most 1/%d of a master's rate",
+                self.name,
+                dispatchers,
+                dispatchers,
+            )
+            self.dispatchers = dispatchers
         masters = await self.on(self.record_thread, load_sendable_masters)
         for master_id, config, rate in masters:
+            share = rate_share(rate, dispatchers)
             lane = self.lanes.get(master_id)
-            if lane is None or lane.gateway.config != config or lane.limiter.rate != rate:
+            if lane is None or lane.gateway.config != config:
                 self.lanes[master_id] = Lane(
                     gateway_for(config, self.http, timeout=self.timeout_s),
-                    RateLimiter(rate),
+                    RateLimiter(share),
                     asyncio.Semaphore(settings.QUEUE["per_master_concurrency"]),
                 )
+            elif lane.limiter.rate != share:
+                lane.limiter.set_rate(share)
         for master_id in set(self.lanes) - {master_id for master_id, _, _ in masters}:
             del self.lanes[master_id]
         # Hold no more than the lanes can start within a claim's lease: the rest

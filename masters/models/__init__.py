@@ -5,6 +5,7 @@ and every state change writes an ``Event`` in the same transaction.
 """
 
 from masters.models.api import ApiToken
+from masters.models.dispatch import DispatcherNode
 from masters.models.events import AlertRecipient, Event, EventQuerySet
 from masters.models.failover import FailoverEvent
 from masters.models.health import HealthCheck, HealthRollup, LoadMetric, ProberLease
@@ -17,6 +18,7 @@ __all__ = [
     "AlertRecipient",
     "ApiToken",
     "ConversationAffinity",
+    "DispatcherNode",
     "Event",
     "EventQuerySet",
     "FailoverEvent",
