@@ -414,6 +414,12 @@ def master_schema() -> Schema:
                         "description": "assigned messages queued, retrying or sending",
                     },
                     "sent_last_minute": {"type": "integer"},
+                    "in_doubt": {
+                        "type": "integer",
+                        "description": "of the pending, messages sent once with no answer: "
+                        "held on this master until their doubt ends (DISPATCH_DOUBT_HOLD), "
+                        "so no failover moves them",
+                    },
                 },
             },
         },

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -215,18 +215,16 @@ def route_query(request: HttpRequest) -> tuple[str, str]:
 def master_list(request: HttpRequest) -> HttpResponse:
     """List every master with its health and load, in three queries whatever their number."""
     masters = list(Master.objects.all())
-    pending, sent = master_loads([master.pk for master in masters])
+    loads = master_loads([master.pk for master in masters])
     return JsonResponse(
-        {
-            "masters": [
-                master_row(master, pending.get(master.pk, 0), sent.get(master.pk, 0))
-                for master in masters
-            ]
-        }
+        {"masters": [master_row(master, loads.get(master.pk, NO_LOAD)) for master in masters]}
     )
 
 
-def master_row(master: Master, pending: int, sent_last_minute: int) -> dict[str, Any]:
+NO_LOAD = {"pending": 0, "sent_last_minute": 0, "in_doubt": 0}
+
+
+def master_row(master: Master, load: dict[str, int]) -> dict[str, Any]:
     return {
         "id": master.external_id,
         "display_name": master.display_name,
@@ -237,23 +235,35 @@ def master_row(master: Master, pending: int, sent_last_minute: int) -> dict[str,
         "is_active": master.is_active,
         "health_status": master.health_status,
         "routable": master.is_routable,
-        "load": {"pending": pending, "sent_last_minute": sent_last_minute},
+        "load": load,
     }
 
 
-def master_loads(ids: list[int]) -> tuple[dict[int, int], dict[int, int]]:
-    """Count, by master id, messages pending or in flight, and messages sent in the last minute.
+def master_loads(ids: list[int]) -> dict[int, dict[str, int]]:
+    """Count, by master id: messages pending or in flight, those of them in doubt, and
+    messages sent in the last minute.
 
-    Both use an index that leads with the master: (master, status) and (master, sent_at).
+    In doubt: sent once with no answer, so held on this master (``Message.in_doubt``).
+    Both queries use an index that leads with the master: (master, status) and
+    (master, sent_at).
     """
-    since = timezone.now() - timezone.timedelta(minutes=1)
+    now = timezone.now()
     mine = Message.objects.filter(master_id__in=ids).order_by()
-    pending = mine.filter(status__in=LOAD_STATUSES).values_list("master_id")
-    sent = mine.filter(status=MessageStatus.SENT, sent_at__gte=since).values_list("master_id")
-    return (
-        dict(pending.annotate(count=Count("id"))),
-        dict(sent.annotate(count=Count("id"))),
+    pending = (
+        mine.filter(status__in=LOAD_STATUSES)
+        .values("master_id")
+        .annotate(pending=Count("id"), in_doubt=Count("id", filter=Q(in_doubt_until__gt=now)))
     )
+    sent = dict(
+        mine.filter(status=MessageStatus.SENT, sent_at__gte=now - timezone.timedelta(minutes=1))
+        .values_list("master_id")
+        .annotate(count=Count("id"))
+    )
+    loads = {master_id: NO_LOAD | {"sent_last_minute": n} for master_id, n in sent.items()}
+    for row in pending:
+        load = loads.setdefault(row["master_id"], dict(NO_LOAD))
+        load |= {"pending": row["pending"], "in_doubt": row["in_doubt"]}
+    return loads
 
 
 # --- the contract -----------------------------------------------------------------------

@@ -44,6 +44,7 @@ class MasterRow:
     master: Master
     queued: int = 0
     in_flight: int = 0
+    in_doubt: int = 0  # of the above, sent once with no answer: held on this master
     throughput: float | None = None  # msg/s over the latest load interval
     share_pct: float | None = None
     uptime: list[float | None] = field(default_factory=list)  # % per bucket, oldest first
@@ -130,7 +131,7 @@ def load_dashboard(trends: Trends | None = None, now: datetime | None = None) ->
         )
         for master in masters
     ]
-    queued, in_flight = _fill_queues(rows)
+    queued, in_flight = _fill_queues(rows, now)
     _fill_throughput(rows, now)
     for row in rows:
         row.sparkline = sparkline(row)
@@ -166,8 +167,8 @@ def _failovers() -> list[FailoverEvent]:
     return failovers
 
 
-def _fill_queues(rows: list[MasterRow]) -> tuple[int, int]:
-    """Set each row's queue and in-flight counts; return the totals (unassigned included)."""
+def _fill_queues(rows: list[MasterRow], now: datetime) -> tuple[int, int]:
+    """Set each row's queue, in-flight and in-doubt counts; return the totals (unassigned too)."""
     by_master = {row.master.pk: row for row in rows}
     counts = (
         Message.objects.filter(status__in=IN_QUEUE)
@@ -175,13 +176,18 @@ def _fill_queues(rows: list[MasterRow]) -> tuple[int, int]:
         .annotate(
             in_flight=Count("pk", filter=Q(status=MessageStatus.SENDING)),
             queued=Count("pk", filter=~Q(status=MessageStatus.SENDING)),
+            in_doubt=Count("pk", filter=Q(in_doubt_until__gt=now)),
         )
     )
     queued = in_flight = 0
     for line in counts:
         queued, in_flight = queued + line["queued"], in_flight + line["in_flight"]
         if row := by_master.get(line["master"]):
-            row.queued, row.in_flight = line["queued"], line["in_flight"]
+            row.queued, row.in_flight, row.in_doubt = (
+                line["queued"],
+                line["in_flight"],
+                line["in_doubt"],
+            )
     return queued, in_flight
 
 

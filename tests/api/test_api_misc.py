@@ -57,8 +57,8 @@ def test_masters_lists_each_master_with_its_health_and_load(client, token):
     )
     now = timezone.now()
     queue(uae, MessageStatus.QUEUED, 2)
-    queue(uae, MessageStatus.RETRYING)
-    queue(uae, MessageStatus.SENDING)
+    queue(uae, MessageStatus.RETRYING, in_doubt_until=now - timedelta(seconds=1))  # doubt over
+    queue(uae, MessageStatus.SENDING, in_doubt_until=now + timedelta(minutes=5))
     queue(uae, MessageStatus.SENT, 3, sent_at=now - timedelta(seconds=20))
     queue(uae, MessageStatus.SENT, sent_at=now - timedelta(minutes=2))
     queue(uae, MessageStatus.DEAD)
@@ -79,7 +79,7 @@ def test_masters_lists_each_master_with_its_health_and_load(client, token):
             "is_active": True,
             "health_status": "healthy",
             "routable": True,
-            "load": {"pending": 4, "sent_last_minute": 3},
+            "load": {"pending": 4, "sent_last_minute": 3, "in_doubt": 1},
         },
         {
             "id": "spare",
@@ -91,7 +91,7 @@ def test_masters_lists_each_master_with_its_health_and_load(client, token):
             "is_active": False,
             "health_status": "failed",
             "routable": False,
-            "load": {"pending": 0, "sent_last_minute": 0},
+            "load": {"pending": 0, "sent_last_minute": 0, "in_doubt": 0},
         },
     ]
 

@@ -59,6 +59,25 @@ def test_each_master_row_shows_health_in_words_checks_queue_and_load(client, vie
     assert "87 ms" in row and '<td class="num">4</td>' in row
     assert "3 <small" in row and "+2 sending" in row
     assert "12.5 msg/s" in row and "62 %" in row
+    assert "in doubt" not in row
+
+
+def test_a_master_row_counts_the_messages_held_on_it_in_doubt(client, viewer):
+    master = make_master()
+    now = timezone.now()
+    queue(master, MessageStatus.RETRYING, 3)
+    held = Message.objects.filter(master=master)
+    held.filter(pk__in=list(held.values_list("pk", flat=True)[:2])).update(
+        in_doubt_until=now + timedelta(minutes=5)
+    )
+    queue(master, MessageStatus.SENT, 1)
+    Message.objects.filter(status=MessageStatus.SENT).update(
+        in_doubt_until=now + timedelta(hours=1)
+    )
+
+    row = row_of(page(client, viewer), master)
+
+    assert "2 in doubt" in row
 
 
 def test_the_uptime_sparkline_draws_the_last_hour_of_probes(client, viewer):
