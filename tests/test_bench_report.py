@@ -121,6 +121,17 @@ def test_the_overhead_verdict_is_the_median_of_the_back_to_back_pairs():
     assert overhead_verdict(pair_ratios(drains)) == ("—", "met")
 
 
+def test_the_drains_alternate_which_kind_goes_first_and_pair_up_in_either_order():
+    from monitoring.bench.throughput import Drain, drain_order, pair_ratios
+
+    order = drain_order(3)
+    assert order == ["balanced", "straight", "straight", "balanced", "balanced", "straight"]
+    rates = dict(enumerate([100, 110, 80, 90, 300, 300]))
+    drains = [Drain(kind, 1000, 1000, rates[i], {}) for i, kind in enumerate(order)]
+    # The second pair ran straight first: its ratio is still balanced ÷ straight.
+    assert pair_ratios(drains) == pytest.approx([0.909, 1.125, 1.0], abs=0.001)
+
+
 def test_a_median_above_the_goal_whose_interval_reaches_below_it_is_met_only_in_the_noise():
     from monitoring.bench.throughput import overhead_verdict
 
