@@ -711,12 +711,11 @@ def prefill(stack: Stack, prefix: str, count: int, *, assign: bool) -> None:
     Both kinds get one UPDATE of every row and a VACUUM, so the table the
     dispatchers claim from is in the same state either way. The affinity
     table is vacuumed too: a straight drain moves two thirds of the contacts
-    (its round robin by id ignores their master), and without it the
-    balanced drain after it read each contact's row past those dead versions
-    and pruned them in its claims. Steady sticky traffic rewrites few rows;
-    this bias of the interleaving alone cost the balanced drains about 8 %
-    (median pair ratios 0.92 in two full runs without this VACUUM; in 8 pairs
-    each, 0.84 without it and 1.03 with it).
+    (its round robin by id ignores their master), and the next drain's
+    affinity lookups would otherwise read past those ~13,000 dead versions.
+    (8 pairs suggested this cost the balanced drains 8 %; three full runs
+    with it, 63 pairs, put the ratio at 0.949 against 0.92 before: a few
+    per cent at most.)
     """
     rng = random.Random(prefix)
     for start in range(0, count, PREFILL_CHUNK):
