@@ -48,7 +48,7 @@ SEND_MARGIN_S = 5.0
 RECORD_RETRY_S = 1.0
 MAX_RECORD_BATCH = 500
 # Sent messages whose results wait to be recorded may add this many times the
-# unsent cap: enough that a master's send lane never runs dry while results
+# unsent cap (max_unsent): enough that a master's send lane never runs dry while results
 # are written, few enough that a slow database still slows the claims.
 RECORDING_ALLOWANCE = 1
 
@@ -107,7 +107,7 @@ class Dispatcher:
         # not sent yet (waiting for a slot or a rate token, or sending).
         self.in_flight = 0
         self.unsent = 0
-        self.max_in_flight = settings.QUEUE["claim_batch"] * 4  # the cap on unsent
+        self.max_unsent = settings.QUEUE["claim_batch"] * 4
         self.capacity = asyncio.Event()
         self.capacity.set()
         self.sent = 0
@@ -242,8 +242,8 @@ class Dispatcher:
         unevenly over the masters, as conversations kept on their master
         make it (13-20 % of the time in the bench's drains).
         """
-        recording_cap = (1 + RECORDING_ALLOWANCE) * self.max_in_flight
-        return min(self.max_in_flight - self.unsent, recording_cap - self.in_flight)
+        recording_cap = (1 + RECORDING_ALLOWANCE) * self.max_unsent
+        return min(self.max_unsent - self.unsent, recording_cap - self.in_flight)
 
     def track(self, delta: int, *, unsent: int = 0) -> None:
         """Count claimed messages until recorded (``delta``) and until sent; gate the claims."""
@@ -380,7 +380,7 @@ class Dispatcher:
         # would only wait here while other dispatchers could send it.
         budget_s = max(1.0, settings.QUEUE["lease_s"] - self.timeout_s - SEND_MARGIN_S)
         startable = sum(lane.limiter.rate for lane in self.lanes.values()) * budget_s
-        self.max_in_flight = max(1, min(settings.QUEUE["claim_batch"] * 4, int(startable)))
+        self.max_unsent = max(1, min(settings.QUEUE["claim_batch"] * 4, int(startable)))
         self.track(0)
 
 

@@ -80,7 +80,7 @@ def movable(now: datetime) -> Q:
     master's gateway knows their idempotency key; they stay until the doubt
     ends (outbox.release_doubts).
     """
-    return (Q(status__in=PENDING) & ~Q(in_doubt_until__gt=now)) | Q(
+    return (Q(status__in=PENDING) & ~Message.doubted(now)) | Q(
         status=MessageStatus.SENDING, lease_expires_at__lt=now - outbox.doubt_hold()
     )
 
@@ -275,7 +275,7 @@ def _transfer(plan: Plan, event: FailoverEvent, now: datetime) -> None:
         master_id=plan.failed_id, status__in=[*PENDING, MessageStatus.SENDING]
     )
     event.detail["held_in_doubt"] = held.filter(
-        Q(in_doubt_until__gt=now) | Q(status=MessageStatus.SENDING, lease_expires_at__lt=now)
+        Message.doubted(now) | Q(status=MessageStatus.SENDING, lease_expires_at__lt=now)
     ).count()
 
 

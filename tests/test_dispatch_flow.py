@@ -7,7 +7,7 @@ from masters.dispatcher import Dispatcher
 
 def test_results_waiting_to_be_recorded_do_not_starve_the_send_lanes():
     dispatcher = Dispatcher("flow")
-    dispatcher.max_in_flight = 10
+    dispatcher.max_unsent = 10
 
     dispatcher.track(+10, unsent=+10)  # a claim of ten, all waiting to be sent
     assert dispatcher.room() == 0 and not dispatcher.capacity.is_set()
@@ -20,7 +20,7 @@ def test_results_waiting_to_be_recorded_do_not_starve_the_send_lanes():
 
 def test_a_slow_database_still_slows_the_claims():
     dispatcher = Dispatcher("flow")
-    dispatcher.max_in_flight = 10
+    dispatcher.max_unsent = 10
     for _ in range(2):
         dispatcher.track(+10, unsent=+10)
         dispatcher.track(0, unsent=-10)

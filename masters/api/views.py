@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -252,7 +252,7 @@ def master_loads(ids: list[int]) -> dict[int, dict[str, int]]:
     pending = (
         mine.filter(status__in=LOAD_STATUSES)
         .values("master_id")
-        .annotate(pending=Count("id"), in_doubt=Count("id", filter=Q(in_doubt_until__gt=now)))
+        .annotate(pending=Count("id"), in_doubt=Count("id", filter=Message.doubted(now)))
     )
     sent = dict(
         mine.filter(status=MessageStatus.SENT, sent_at__gte=now - timezone.timedelta(minutes=1))

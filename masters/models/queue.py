@@ -126,6 +126,11 @@ class Message(models.Model):
         """Say whether only this message's master may send it now (see in_doubt_until)."""
         return self.in_doubt_until is not None and self.in_doubt_until > now
 
+    @staticmethod
+    def doubted(now: datetime) -> Q:
+        """``in_doubt`` as a query filter."""
+        return Q(in_doubt_until__gt=now)
+
     @property
     def gateway_idempotency_key(self) -> str:
         """The key the gateway sees: the bot's own, or one derived from the row."""

@@ -176,7 +176,7 @@ def _fill_queues(rows: list[MasterRow], now: datetime) -> tuple[int, int]:
         .annotate(
             in_flight=Count("pk", filter=Q(status=MessageStatus.SENDING)),
             queued=Count("pk", filter=~Q(status=MessageStatus.SENDING)),
-            in_doubt=Count("pk", filter=Q(in_doubt_until__gt=now)),
+            in_doubt=Count("pk", filter=Message.doubted(now)),
         )
     )
     queued = in_flight = 0
