@@ -158,6 +158,7 @@ def test_the_claim_cost_is_set_beside_what_a_message_costs_the_machine_in_the_dr
 
     results = Results()
     results.claim_ms = {"balanced": [6.3, 6.5, 6.4], "straight": [5.2, 5.3, 5.1]}
+    results.claim_cpu_ms = {"balanced": [1.0, 1.1, 0.9], "straight": [0.8, 0.8, 0.7]}
     # 180 % of the machine at 3,000 msg/s: 600 µs of CPU per message, 300 in the dispatcher.
     results.drains = [
         Drain("balanced", 20_000, 20_000, 3_000.0, {"machine": 180.0, "dispatcher-1": 90.0})
@@ -165,8 +166,10 @@ def test_the_claim_cost_is_set_beside_what_a_message_costs_the_machine_in_the_dr
 
     text = render_claims(results)
 
-    assert "| balanced     | 6.40 ms | 32.0 µs     |" in text
-    assert "| straight     | 5.20 ms | 26.0 µs     |" in text
-    assert "Balancing adds 6.0 µs a message to the claim" in text
+    assert "| balanced     | 6.40 ms       | 32.0 µs     | 1.00 ms" in text
+    assert "| straight     | 5.20 ms       | 26.0 µs     | 0.80 ms" in text
+    assert "Balancing adds 6.0 µs a message to the claim's wall time" in text
     assert "spent 600 µs of the machine's CPU per message sent (1.0 % of it)" in text
-    assert "300 µs of it in the dispatchers (2.0 %)" in text
+    # (1.00 - 0.80) ms over 200 messages: 1 µs, a third of a per cent of the dispatcher's 300.
+    assert "own CPU, which the dispatcher's sends wait for under its GIL, is 1.0 µs" in text
+    assert "0.3 % of the 300 µs the dispatchers spent per message" in text
