@@ -15,7 +15,11 @@ On top of the strategy (round robin, priority-weighted, least loaded, geo):
 - slow start: a master that recovered less than ``slow_start_s`` ago gets a
   share factor ``f = max(min_share, elapsed / slow_start_s)`` of a full share.
   Weighted strategies scale its weight by ``f``; the others admit it with
-  probability ``f`` and otherwise move on to their next choice.
+  probability ``f`` and otherwise move on to their next choice;
+- levelling (round robin, for a batch): masters that kept conversations
+  gave some masters more of the batch than others; the rotation skips those
+  ahead until the rest catch up. With no conversation kept it is plain round
+  robin, turn for turn.
 
 pick() runs once per message (the dispatcher's hot path, benchmarked in
 microseconds), so it stays allocation-light: no sorting and no per-candidate objects
@@ -201,11 +205,17 @@ def pick(
     affinity_max_pending: int,
     slow_start_s: float,
     slow_start_min_share: float,
+    level: list[int] | None = None,
 ) -> Decision | None:
     """Choose a master for one message; None when no master is routable.
 
     ``country`` (ISO 3166 alpha-2) is used by the geo strategy only;
     ``affinity_id`` is the contact's current master, if it has one.
+    ``level`` counts the messages a batch gave each candidate so far (by
+    position in the snapshot): round robin takes its turn among the least
+    given. A dispatcher sends each master's share of a claimed batch through
+    that master's own send slots, so an uneven batch leaves one master's
+    slots idle while another's queue waits.
     """
     candidates = snapshot.candidates
     if not candidates:
@@ -218,7 +228,9 @@ def pick(
     if snapshot.recovering and slow_start_s > 0:
         ramp = _Ramp(now, slow_start_s, slow_start_min_share, state.random)
     if strategy == Strategy.ROUND_ROBIN:
-        return Decision(_round_robin(candidates, state, ramp).id, "round-robin")
+        # Not while a master ramps up: slow start decides the shares then.
+        ahead = _ahead(level) if level is not None and ramp is None else ()
+        return Decision(_round_robin(candidates, state, ramp, ahead).id, "round-robin")
     if strategy == Strategy.PRIORITY:
         return Decision(_smooth_weighted(snapshot, state, ramp).id, "priority")
     if strategy == Strategy.LEAST_LOADED:
@@ -253,6 +265,12 @@ def _round_robin(
     # Every one passed: slow start never leaves a message without a master.
     state.cursor = (first + 1) % n
     return candidates[first]
+
+
+def _ahead(level: list[int]) -> tuple[int, ...]:
+    """Positions given more of the batch than the least given (none when all are level)."""
+    low = min(level)
+    return tuple(i for i, given in enumerate(level) if given > low)
 
 
 def _smooth_weighted(snapshot: Snapshot, state: BalancerState, ramp: _Ramp | None) -> Candidate:

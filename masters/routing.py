@@ -211,6 +211,10 @@ class Router:
         known = {c: recent[c][0] for c in contacts if c in recent} | affinities
         max_pending = self._options["affinity_max_pending"]
         kept: dict[int, Decision] = {}  # one shared (frozen) Decision per master kept
+        # What the batch gave each master, by snapshot position: round robin
+        # levels it out once a kept conversation has made it uneven.
+        level = [0] * len(snapshot.candidates) if self.strategy == Strategy.ROUND_ROBIN else None
+        positions = snapshot.positions
         decisions = {}
         for message_id, to, region in messages:
             # Kept conversations, most of a steady batch, take the short way:
@@ -222,8 +226,10 @@ class Router:
                     decision = kept[current.id] = Decision(current.id, "affinity")
                 snapshot.add_pending(current.id)
             else:
-                decision = self._pick(snapshot, now, to, region, None)
+                decision = self._pick(snapshot, now, to, region, None, level if kept else None)
             chosen = decision.candidate_id
+            if level is not None:
+                level[positions[chosen]] += 1
             known[to] = chosen
             recent.pop(to, None)
             if affinities.get(to) != chosen:  # a matching row says it all
@@ -241,7 +247,13 @@ class Router:
             del recent[contact]
 
     def _pick(
-        self, snapshot: Snapshot, now: datetime, to: str, region: str, affinity_id: int | None
+        self,
+        snapshot: Snapshot,
+        now: datetime,
+        to: str,
+        region: str,
+        affinity_id: int | None,
+        level: list[int] | None = None,
     ) -> Decision:
         country = None
         if self.strategy == Strategy.GEO:
@@ -254,6 +266,7 @@ class Router:
             country=country,
             affinity_id=affinity_id,
             now=now,
+            level=level,
             **self._options,
         )
         snapshot.add_pending(decision.candidate_id)

@@ -71,6 +71,44 @@ def test_round_robin_cycles_in_priority_order():
     assert {d.reason for d in order} == {"round-robin"}
 
 
+def test_round_robin_levels_a_batch_that_kept_conversations_made_uneven():
+    # Kept conversations gave master 1 two messages of the batch and master 2
+    # one: the rotation (next up: master 1) skips them until master 3 catches up.
+    snap = snapshot(master(1), master(2), master(3))
+    state, level = BalancerState(), [2, 1, 0]
+    picks = []
+    for _ in range(6):
+        chosen = pick(snap, Strategy.ROUND_ROBIN, state, now=NOW, level=level, **LIMITS)
+        level[snap.positions[chosen.candidate_id]] += 1
+        picks.append(chosen.candidate_id)
+    # Master 3 twice and master 2 once to level, then the plain rotation.
+    assert picks == [3, 2, 3, 1, 2, 3]
+    assert level == [3, 3, 3]
+
+
+def test_round_robin_levelling_changes_nothing_in_a_level_batch():
+    snap = snapshot(master(1), master(2), master(3))
+    plain, levelled = BalancerState(), BalancerState()
+    level = [0, 0, 0]
+    for _ in range(10):
+        expected = pick(snap, Strategy.ROUND_ROBIN, plain, now=NOW, **LIMITS).candidate_id
+        chosen = pick(snap, Strategy.ROUND_ROBIN, levelled, now=NOW, level=level, **LIMITS)
+        level[snap.positions[chosen.candidate_id]] += 1
+        assert chosen.candidate_id == expected
+
+
+def test_slow_start_is_not_undone_by_levelling():
+    # Master 3 ramps up (a tenth of a share at first) and has had nothing from
+    # this batch: levelling would hand it every pick. Slow start wins.
+    snap = snapshot(master(1), master(2), master(3, recovered_at=NOW))
+    state, level = BalancerState(seed=3), [50, 50, 0]
+    counts: Counter = Counter()
+    for _ in range(300):
+        chosen = pick(snap, Strategy.ROUND_ROBIN, state, now=NOW, level=level, **LIMITS)
+        counts[chosen.candidate_id] += 1
+    assert counts[3] < 60
+
+
 # --- priority-weighted -----------------------------------------------------------
 
 

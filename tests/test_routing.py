@@ -272,6 +272,23 @@ def test_a_new_contact_keeps_one_master_within_a_batch(router):
     assert [d.reason for d in decisions.values()] == ["round-robin"] + ["affinity"] * 4
 
 
+def test_round_robin_evens_out_a_batch_that_kept_conversations_tilted(router, clock):
+    # Six conversations live on master a; twelve new contacts arrive in the
+    # same batch. The dispatcher sends each master's share through that
+    # master's own send slots, so the new contacts go where a batch is short.
+    a, b, c = (make_master(n, f"+97150000000{i}") for i, n in enumerate("abc"))
+    kept, new = contacts(18)[:6], contacts(18)[6:]
+    for contact in kept:
+        affinity(contact, a, 3600, clock.now)
+    batch = [(i, contact, "") for i, contact in enumerate(kept + new)]
+
+    decisions = router.route_many(batch)
+
+    counts = Counter(d.candidate_id for d in decisions.values())
+    assert counts == {a.pk: 6, b.pk: 6, c.pk: 6}
+    assert all(decisions[i].candidate_id == a.pk for i in range(6))  # still kept
+
+
 def test_an_expired_affinity_is_ignored(router, clock):
     first = make_master("a", "+971500000001")
     make_master("b", "+971500000002")
