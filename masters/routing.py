@@ -192,6 +192,9 @@ class Router:
         lease while it has no row of its own (the row is written only when the
         send is recorded). A contact kept by its row is not remembered: when
         rebalancing or a failover deletes the row, it is routed afresh.
+        Under round robin the new contacts level the batch out over the
+        masters (``balancing.pick``'s ``level``): each master's share goes
+        through its own send slots, and a tilted batch idles some of them.
         """
         now = self.clock()
         snapshot = self.snapshot(now)
