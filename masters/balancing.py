@@ -229,8 +229,8 @@ def pick(
         ramp = _Ramp(now, slow_start_s, slow_start_min_share, state.random)
     if strategy == Strategy.ROUND_ROBIN:
         # Not while a master ramps up: slow start decides the shares then.
-        ahead = _ahead(level) if level is not None and ramp is None else ()
-        return Decision(_round_robin(candidates, state, ramp, ahead).id, "round-robin")
+        level = level if ramp is None else None
+        return Decision(_round_robin(candidates, state, ramp, level=level).id, "round-robin")
     if strategy == Strategy.PRIORITY:
         return Decision(_smooth_weighted(snapshot, state, ramp).id, "priority")
     if strategy == Strategy.LEAST_LOADED:
@@ -245,17 +245,21 @@ def _round_robin(
     state: BalancerState,
     ramp: _Ramp | None,
     skip: tuple[int, ...] = (),
+    *,
+    level: list[int] | None = None,
 ) -> Candidate:
     """Take the next candidate in turn; a ramping one may pass its turn to the next.
 
-    ``skip`` holds positions not to take (geo's local masters that passed already).
+    ``skip`` holds positions not to take (geo's local masters that passed
+    already); with ``level``, so do those given more than the least given.
     """
     n = len(candidates)
     start = state.cursor % n
     first = -1
+    low = min(level) if level is not None else 0
     for step in range(n):
         position = (start + step) % n
-        if position in skip:
+        if position in skip or (level is not None and level[position] > low):
             continue
         if ramp is None or ramp.admits(candidates[position]):
             state.cursor = (position + 1) % n
@@ -265,12 +269,6 @@ def _round_robin(
     # Every one passed: slow start never leaves a message without a master.
     state.cursor = (first + 1) % n
     return candidates[first]
-
-
-def _ahead(level: list[int]) -> tuple[int, ...]:
-    """Positions given more of the batch than the least given (none when all are level)."""
-    low = min(level)
-    return tuple(i for i, given in enumerate(level) if given > low)
 
 
 def _smooth_weighted(snapshot: Snapshot, state: BalancerState, ramp: _Ramp | None) -> Candidate:

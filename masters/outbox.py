@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -25,6 +26,8 @@ from masters.choices import HealthStatus, MessageStatus
 from masters.models import ConversationAffinity, Master, Message
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from masters.balancing import Decision
 
 # A degraded master finishes what it already holds; only healthy ones get new work.
@@ -85,7 +88,10 @@ class Routes(Protocol):
     """What the claim needs of a router (masters.routing.Router)."""
 
     def route_many(
-        self, messages: list[tuple[int, str, str]], affinities: dict[str, int] | None = None
+        self,
+        messages: list[tuple[int, str, str]],
+        affinities: dict[str, int] | None = None,
+        assigned: Mapping[int, int] | None = None,
     ) -> dict[int, Decision]: ...
 
     def invalidate(self) -> None: ...
@@ -114,7 +120,7 @@ def claim(owner: str, limit: int, lease: timedelta, router: Routes | None = None
             return []
         masters = {row[0]: row[4] for row in rows if row[4] is not None or router is None}
         unassigned = [row for row in rows if row[0] not in masters]
-        picked = _route(router, unassigned) if unassigned else {}
+        picked = _route(router, unassigned, masters) if unassigned else {}
         expires = now + lease
         routed = _mark_claimed(masters, picked, owner, expires, now)
         if len(routed) < len(picked):
@@ -252,11 +258,15 @@ def _mark_claimed(
     return routed
 
 
-def _route(router: Routes, rows: list[tuple]) -> dict[int, int]:
-    """Route unassigned claim rows: message id -> the router's choice of master."""
+def _route(router: Routes, rows: list[tuple], assigned: dict[int, int]) -> dict[int, int]:
+    """Route unassigned claim rows: message id -> the router's choice of master.
+
+    ``assigned`` are the claim's rows that keep their master: the router
+    counts them in the batch it levels.
+    """
     messages = [(row[0], row[1], row[3]) for row in rows]
     affinities = {row[1]: row[8] for row in rows if row[8] is not None}
-    decisions = router.route_many(messages, affinities)
+    decisions = router.route_many(messages, affinities, Counter(assigned.values()))
     return {m_id: decision.candidate_id for m_id, decision in decisions.items()}
 
 

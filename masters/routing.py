@@ -18,7 +18,7 @@ None and the message waits in the queue.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -180,7 +180,10 @@ class Router:
         return self._pick(snapshot, now, to, region_hint, affinity_id)
 
     def route_many(
-        self, messages: list[tuple[int, str, str]], affinities: dict[str, int] | None = None
+        self,
+        messages: list[tuple[int, str, str]],
+        affinities: dict[str, int] | None = None,
+        assigned: Mapping[int, int] | None = None,
     ) -> dict[int, Decision]:
         """Choose masters for (message id, to, region) triples.
 
@@ -192,9 +195,13 @@ class Router:
         lease while it has no row of its own (the row is written only when the
         send is recorded). A contact kept by its row is not remembered: when
         rebalancing or a failover deletes the row, it is routed afresh.
+
         Under round robin the new contacts level the batch out over the
         masters (``balancing.pick``'s ``level``): each master's share goes
         through its own send slots, and a tilted batch idles some of them.
+        What tilts it: kept conversations, routed first wherever they fall
+        in the batch, and ``assigned``, the messages per master the same
+        claim took with their master already set (retries, failed-over work).
         """
         now = self.clock()
         snapshot = self.snapshot(now)
@@ -213,15 +220,35 @@ class Router:
         recent = self._recent
         known = {c: recent[c][0] for c in contacts if c in recent} | affinities
         max_pending = self._options["affinity_max_pending"]
-        kept: dict[int, Decision] = {}  # one shared (frozen) Decision per master kept
-        # What the batch gave each master, by snapshot position: round robin
-        # levels it out once a kept conversation has made it uneven.
-        level = [0] * len(snapshot.candidates) if self.strategy == Strategy.ROUND_ROBIN else None
         positions = snapshot.positions
-        decisions = {}
-        for message_id, to, region in messages:
+        # What the batch gave each master, by snapshot position.
+        level = [0] * len(snapshot.candidates) if self.strategy == Strategy.ROUND_ROBIN else None
+        tilted = False
+        if level is not None and assigned:
+            for master_id, count in assigned.items():
+                if (position := positions.get(master_id)) is not None:
+                    level[position] += count
+                    tilted = True
+        kept: dict[int, Decision] = {}  # one shared (frozen) Decision per master kept
+        decisions: dict[int, Decision] = {}
+        fresh = []  # messages whose contact is not kept: picked after every kept one
+        for message, to, region in messages:
             # Kept conversations, most of a steady batch, take the short way:
             # the same rule as balancing.pick's first step, without its call.
+            current = snapshot.get(known[to]) if to in known else None
+            if current is None or not snapshot.keeps_conversation(current, max_pending):
+                fresh.append((message, to, region))
+                continue
+            decision = kept.get(current.id)
+            if decision is None:
+                decision = kept[current.id] = Decision(current.id, "affinity")
+            snapshot.add_pending(current.id)
+            decisions[message] = decision
+            self._note(to, current.id, affinities, now)
+            if level is not None:
+                level[positions[current.id]] += 1
+        for message, to, region in fresh:
+            # A contact picked earlier in this pass keeps that master.
             current = snapshot.get(known[to]) if to in known else None
             if current is not None and snapshot.keeps_conversation(current, max_pending):
                 decision = kept.get(current.id)
@@ -229,16 +256,22 @@ class Router:
                     decision = kept[current.id] = Decision(current.id, "affinity")
                 snapshot.add_pending(current.id)
             else:
-                decision = self._pick(snapshot, now, to, region, None, level if kept else None)
+                tilting = tilted or kept  # with neither, levelled is plain round robin
+                decision = self._pick(snapshot, now, to, region, None, level if tilting else None)
             chosen = decision.candidate_id
+            known[to] = chosen
+            decisions[message] = decision
+            self._note(to, chosen, affinities, now)
             if level is not None:
                 level[positions[chosen]] += 1
-            known[to] = chosen
-            recent.pop(to, None)
-            if affinities.get(to) != chosen:  # a matching row says it all
-                recent[to] = (chosen, now)  # inserted last: the dict stays oldest first
-            decisions[message_id] = decision
         return decisions
+
+    def _note(self, to: str, chosen: int, affinities: dict[str, int], now: datetime) -> None:
+        """Remember a choice that no affinity row records yet (newest last: oldest first)."""
+        recent = self._recent
+        recent.pop(to, None)
+        if affinities.get(to) != chosen:  # a matching row says it all
+            recent[to] = (chosen, now)
 
     def _forget_before(self, cutoff: datetime) -> None:
         """Drop the oldest recent choices, those made before ``cutoff``."""

@@ -273,3 +273,19 @@ def test_only_the_messages_picked_for_a_master_that_left_rotation_wait(masters):
     waiting = Message.objects.exclude(pk=claimed.id).get()
     assert (waiting.status, waiting.master_id) == (MessageStatus.QUEUED, None)
     assert Message.objects.get(pk=claimed.id).status == MessageStatus.SENDING
+
+
+def test_a_claim_levels_new_contacts_against_the_retries_it_took(masters):
+    from masters import outbox
+    from masters.routing import Router
+
+    # Six retries already on "a" and six new contacts in one claim: the new
+    # contacts go to "b" and "c" (plain round robin would give "a" two more).
+    retries = enqueue_batch([NewMessage(f"+9715012346{i:02d}", "retry") for i in range(6)])
+    Message.objects.filter(pk__in=[r.message.pk for r in retries]).update(master=masters["a"])
+    enqueue_batch([NewMessage(f"+9715012347{i:02d}", "new") for i in range(6)])
+
+    claimed = outbox.claim("me", 20, timedelta(seconds=30), Router())
+
+    counts = Counter(c.master_id for c in claimed)
+    assert counts == {masters["a"].pk: 6, masters["b"].pk: 3, masters["c"].pk: 3}

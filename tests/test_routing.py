@@ -289,6 +289,30 @@ def test_round_robin_evens_out_a_batch_that_kept_conversations_tilted(router, cl
     assert all(decisions[i].candidate_id == a.pk for i in range(6))  # still kept
 
 
+def test_levelling_counts_kept_conversations_wherever_they_fall_in_the_batch(router, clock):
+    a, b, c = (make_master(n, f"+97150000000{i}") for i, n in enumerate("abc"))
+    kept, new = contacts(18)[:6], contacts(18)[6:]
+    for contact in kept:
+        affinity(contact, a, 3600, clock.now)
+    batch = [(i, contact, "") for i, contact in enumerate(new + kept)]  # kept ones last
+
+    counts = Counter(d.candidate_id for d in router.route_many(batch).values())
+
+    assert counts == {a.pk: 6, b.pk: 6, c.pk: 6}
+
+
+def test_levelling_counts_what_the_claim_took_with_its_master_already_set(router):
+    # Nine retried messages of the same claim go to master a whatever happens:
+    # the nine new contacts go to b and c.
+    a, b, c = (make_master(n, f"+97150000000{i}") for i, n in enumerate("abc"))
+    batch = [(i, contact, "") for i, contact in enumerate(contacts(9))]
+
+    decisions = router.route_many(batch, assigned={a.pk: 9})
+
+    counts = Counter(d.candidate_id for d in decisions.values())
+    assert counts == {b.pk: 5, c.pk: 4} or counts == {b.pk: 4, c.pk: 5}
+
+
 def test_an_expired_affinity_is_ignored(router, clock):
     first = make_master("a", "+971500000001")
     make_master("b", "+971500000002")
