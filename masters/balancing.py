@@ -16,10 +16,10 @@ On top of the strategy (round robin, priority-weighted, least loaded, geo):
   share factor ``f = max(min_share, elapsed / slow_start_s)`` of a full share.
   Weighted strategies scale its weight by ``f``; the others admit it with
   probability ``f`` and otherwise move on to their next choice;
-- levelling (round robin, for a batch): masters that kept conversations
-  gave some masters more of the batch than others; the rotation skips those
-  ahead until the rest catch up. With no conversation kept it is plain round
-  robin, turn for turn.
+- levelling (round robin, for a batch): kept conversations and retries
+  give some masters more of a batch than others; the rotation skips those
+  ahead until the rest catch up. On a level batch it is plain round robin,
+  turn for turn.
 
 pick() runs once per message (the dispatcher's hot path, benchmarked in
 microseconds), so it stays allocation-light: no sorting and no per-candidate objects

@@ -221,43 +221,41 @@ class Router:
         known = {c: recent[c][0] for c in contacts if c in recent} | affinities
         max_pending = self._options["affinity_max_pending"]
         positions = snapshot.positions
-        # What the batch gave each master, by snapshot position.
+        # What the batch gave each master, by snapshot position. A level
+        # batch makes levelled round robin plain round robin, turn for turn.
         level = [0] * len(snapshot.candidates) if self.strategy == Strategy.ROUND_ROBIN else None
-        tilted = False
         if level is not None and assigned:
             for master_id, count in assigned.items():
                 if (position := positions.get(master_id)) is not None:
                     level[position] += count
-                    tilted = True
         kept: dict[int, Decision] = {}  # one shared (frozen) Decision per master kept
-        decisions: dict[int, Decision] = {}
-        fresh = []  # messages whose contact is not kept: picked after every kept one
-        for message, to, region in messages:
-            # Kept conversations, most of a steady batch, take the short way:
-            # the same rule as balancing.pick's first step, without its call.
+
+        def keeps(to: str) -> Decision | None:
+            """The contact's current master, if it keeps the conversation (pick's first step)."""
             current = snapshot.get(known[to]) if to in known else None
             if current is None or not snapshot.keeps_conversation(current, max_pending):
-                fresh.append((message, to, region))
-                continue
+                return None
+            snapshot.add_pending(current.id)
             decision = kept.get(current.id)
             if decision is None:
                 decision = kept[current.id] = Decision(current.id, "affinity")
-            snapshot.add_pending(current.id)
+            return decision
+
+        decisions: dict[int, Decision] = {}
+        fresh = []  # messages whose contact is not kept: picked after every kept one
+        # Kept conversations first, most of a steady batch: the short way,
+        # without a call to pick().
+        for message, to, region in messages:
+            if (decision := keeps(to)) is None:
+                fresh.append((message, to, region))
+                continue
             decisions[message] = decision
-            self._note(to, current.id, affinities, now)
+            self._note(to, decision.candidate_id, affinities, now)
             if level is not None:
-                level[positions[current.id]] += 1
+                level[positions[decision.candidate_id]] += 1
         for message, to, region in fresh:
             # A contact picked earlier in this pass keeps that master.
-            current = snapshot.get(known[to]) if to in known else None
-            if current is not None and snapshot.keeps_conversation(current, max_pending):
-                decision = kept.get(current.id)
-                if decision is None:
-                    decision = kept[current.id] = Decision(current.id, "affinity")
-                snapshot.add_pending(current.id)
-            else:
-                tilting = tilted or kept  # with neither, levelled is plain round robin
-                decision = self._pick(snapshot, now, to, region, None, level if tilting else None)
+            decision = keeps(to) or self._pick(snapshot, now, to, region, None, level)
             chosen = decision.candidate_id
             known[to] = chosen
             decisions[message] = decision
